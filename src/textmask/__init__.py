@@ -1,0 +1,56 @@
+"""textmask: text-prompted segmentation masks from CLIPSeg, for one image, a batch, a folder or a video.
+
+Quick start::
+
+    import textmask
+    session = textmask.load()                      # CIDAS/clipseg-rd64-refined, cached per process
+    masks = session.mask(images, ["cat", "dog"], threshold=0.4)   # [B, H, W] in [0, 1]
+
+Imports are lazy: ``import textmask`` loads neither torch nor transformers until something is used.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load": "textmask.engine",
+    "Segmenter": "textmask.engine",
+    "ImageFeatures": "textmask.engine",
+    "MaskOptions": "textmask.postprocess",
+    "load_model": "textmask.model",
+    "locate_model": "textmask.model",
+    "clear_model_cache": "textmask.model",
+    "DEFAULT_MODEL": "textmask.model",
+    "load_image": "textmask.images",
+    "TextmaskError": "textmask.errors",
+    "ModelNotFoundError": "textmask.errors",
+    "ModelLoadError": "textmask.errors",
+    "InputError": "textmask.errors",
+    "PromptError": "textmask.errors",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine import ImageFeatures, Segmenter, load
+    from .errors import InputError, ModelLoadError, ModelNotFoundError, PromptError, TextmaskError
+    from .images import load_image
+    from .model import DEFAULT_MODEL, clear_model_cache, load_model, locate_model
+    from .postprocess import MaskOptions
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'textmask' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

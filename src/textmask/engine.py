@@ -1,0 +1,484 @@
+"""The masking session: encode images once, answer any number of prompts cheaply.
+
+In the spirit of segment-anything's ``SamPredictor``: :meth:`Segmenter.encode_images` runs the heavy CLIP
+vision tower once per image (and only up to the last layer the decoder reads),
+:meth:`Segmenter.encode_prompts` runs the text tower once per unique prompt (cached), and
+:meth:`Segmenter.decode` runs only the small decoder per (image, prompt) pair. :meth:`Segmenter.predict`
+and :meth:`Segmenter.mask` chain the three over any number of images in bounded chunks.
+
+Numerically the path is the reference ``transformers`` CLIPSeg forward, module for module: the same
+pixels (see :mod:`textmask.resize`), the same vision layers, the same decoder. Only work whose result is
+never used is skipped.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import PromptError
+from .images import ImageBatch, as_image_batch
+from .model import DEFAULT_MODEL, LoadedModel, load_model
+from .postprocess import MaskOptions, finish_masks, normalize_minmax, normalize_seed
+from .resize import pil_resize
+
+log = logging.getLogger("textmask")
+
+ProgressCallback = Callable[[int, int], None]
+"""Called as ``progress(done, total)`` after each chunk; it may raise to stop the run."""
+
+DEFAULT_BATCH_SIZE = 8
+_PROMPT_CACHE_SIZE = 4096
+_OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
+    error
+    for error in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+    if error
+)
+
+
+def _call_layer(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """Run one CLIPSeg encoder/decoder layer, whatever the transformers version's signature."""
+    parameters = inspect.signature(layer.forward).parameters
+    if "causal_attention_mask" in parameters:  # transformers 4.x
+        out = layer(hidden, None, None)
+    else:
+        out = layer(hidden, attention_mask=None)
+    return out[0] if isinstance(out, tuple) else out
+
+
+@dataclass
+class ImageFeatures:
+    """What the decoder needs from a batch of images, computed once by :meth:`Segmenter.encode_images`.
+
+    Attributes:
+        reduced: one ``[B, T, R]`` tensor per decoder layer, in decoder order: the vision activations at
+            ``extract_layers`` (deepest first) already passed through the decoder's ``reduces``
+            projections, which do not depend on the prompt (T = 1 + (352/16)² tokens, R = reduce_dim).
+        sizes: each image's original ``(height, width)``.
+    """
+
+    reduced: tuple[torch.Tensor, ...]
+    sizes: list[tuple[int, int]]
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+
+class Segmenter:
+    """A loaded CLIPSeg model with everything needed to mask images, on one device and dtype.
+
+    Get one with :func:`textmask.load`; it is cached per (model, device, dtype), and so is its prompt
+    embedding cache.
+    """
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.preprocess_config = loaded.preprocess
+        self.device = loaded.device
+        self.dtype = loaded.dtype
+        config = self.model.config
+        self.extract_layers: list[int] = list(config.extract_layers)
+        self.conditional_layer: int = int(getattr(config, "conditional_layer", 0))
+        self.max_prompt_tokens: int = int(config.text_config.max_position_embeddings)
+        vision = self.model.clip.vision_model
+        self._vision_layers = list(vision.encoder.layers[: max(self.extract_layers) + 1])
+        self._pixel_table = self._level_to_pixel_table().to(self.device)
+        self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"Segmenter(source={self.loaded.source!r}, device={self.device}, dtype={self.dtype})"
+
+    # ------------------------------------------------------------------------------ preprocessing
+    def _level_to_pixel_table(self) -> torch.Tensor:
+        """``[3, 256]`` float32: the pixel value of each 8-bit level per channel.
+
+        Computed with the processor's own arithmetic (scale in float64, cast to float32, then
+        ``(x - mean) / std`` in float32), so a lookup gives bit-identical pixel values.
+        """
+        config = self.preprocess_config
+        levels = np.arange(256, dtype=np.float64)
+        values = (levels * config.rescale_factor if config.do_rescale else levels).astype(np.float32)
+        values = np.broadcast_to(values, (3, 256))
+        if config.do_normalize:
+            mean = np.asarray(config.mean, dtype=np.float32)[:, None]
+            std = np.asarray(config.std, dtype=np.float32)[:, None]
+            values = (values - mean) / std
+        return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+
+    def preprocess(self, levels: Sequence[torch.Tensor]) -> torch.Tensor:
+        """8-bit images → the model's pixel values, batched on the model's device.
+
+        Args:
+            levels: ``n`` tensors ``[3, H, W]`` uint8 (sizes may differ).
+
+        Returns:
+            ``[n, 3, S, S]`` in the model dtype (S = 352): resized exactly as CLIPSeg's processor
+            resizes (Pillow's filter in 8 bits), scaled by 1/255 and normalized with the model's mean/std.
+        """
+        config = self.preprocess_config
+        height, width = config.size
+        resized = torch.empty((len(levels), 3, height, width), dtype=torch.uint8, device=self.device)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for index, image in enumerate(levels):
+            by_size.setdefault(tuple(image.shape[-2:]), []).append(index)
+        for size, indices in by_size.items():
+            group = torch.stack([levels[i] for i in indices]).to(self.device, non_blocking=True)
+            if config.do_resize and size != (height, width):
+                group = pil_resize(group, (height, width), config.resample)
+            elif size != (height, width):
+                raise ValueError(f"the model needs {height}×{width} images, got {size} and do_resize=False")
+            resized[torch.tensor(indices, device=self.device)] = group
+        channel_offset = torch.arange(0, 3 * 256, 256, device=self.device).view(1, 3, 1, 1)
+        pixels = self._pixel_table.view(-1)[resized.long() + channel_offset]
+        return pixels.to(self.dtype)
+
+    # ------------------------------------------------------------------------------------ encoders
+    @torch.inference_mode()
+    def encode_pixels(self, pixel_values: torch.Tensor, sizes: list[tuple[int, int]]) -> ImageFeatures:
+        """Run the vision tower up to the last extract layer and the decoder's prompt-free projections.
+
+        Args:
+            pixel_values: ``[B, 3, S, S]`` from :meth:`preprocess`.
+            sizes: each image's original ``(height, width)``.
+        """
+        vision = self.model.clip.vision_model
+        hidden = vision.embeddings(pixel_values, interpolate_pos_encoding=True)
+        hidden = vision.pre_layrnorm(hidden)
+        activations: dict[int, torch.Tensor] = {}
+        for index, layer in enumerate(self._vision_layers):
+            hidden = _call_layer(layer, hidden)
+            if index in self.extract_layers:
+                activations[index] = hidden
+        decoder = self.model.decoder
+        ordered = [activations[i] for i in self.extract_layers][::-1]
+        reduced = tuple(reduce(activation) for reduce, activation in zip(decoder.reduces, ordered))
+        return ImageFeatures(reduced=reduced, sizes=list(sizes))
+
+    def encode_images(self, images: Any, batch_size: int | None = None) -> ImageFeatures:
+        """Encode images once, for any number of later :meth:`decode` calls.
+
+        Args:
+            images: anything :func:`textmask.images.as_image_batch` accepts.
+            batch_size: images per forward pass (memory bound), default 8.
+        """
+        batch = as_image_batch(images)
+        step = max(1, int(batch_size or DEFAULT_BATCH_SIZE))
+        parts: list[ImageFeatures] = []
+        for start in range(0, len(batch), step):
+            levels = batch.levels(start, min(start + step, len(batch)))
+            parts.append(self.encode_pixels(self.preprocess(levels), [tuple(x.shape[-2:]) for x in levels]))
+        if not parts:
+            raise ValueError("images: the batch is empty")
+        depth = len(parts[0].reduced)
+        return ImageFeatures(
+            reduced=tuple(torch.cat([p.reduced[i] for p in parts]) for i in range(depth)),
+            sizes=[size for p in parts for size in p.sizes],
+        )
+
+    @torch.inference_mode()
+    def encode_prompts(self, prompts: str | Sequence[str]) -> torch.Tensor:
+        """Text prompts → conditional embeddings ``[P, D]`` (model dtype, on the model's device).
+
+        Each unique prompt runs through the text tower once per session; repeats come from a cache.
+        Prompts longer than CLIP's 77 tokens are truncated with a warning. An empty prompt is allowed
+        (the seed node's default text is "") but warned about: CLIPSeg then masks whatever its
+        empty-text embedding matches, which is rarely what anyone wants.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if not prompts:
+            raise PromptError("prompts: give at least one prompt")
+        for index, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                raise PromptError(f"prompts[{index}]: expected text, got {type(prompt).__name__}")
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._prompt_cache))
+        if missing:
+            self._encode_texts(missing)
+        for prompt in prompts:
+            self._prompt_cache.move_to_end(prompt)
+        return torch.stack([self._prompt_cache[p] for p in prompts])
+
+    def _encode_texts(self, texts: list[str]) -> None:
+        limit = self.max_prompt_tokens
+        for text in texts:
+            if not text.strip():
+                warnings.warn(
+                    "empty prompt: CLIPSeg will mask whatever its empty-text embedding matches; "
+                    "describe what to mask instead",
+                    stacklevel=4,
+                )
+            length = len(self.tokenizer(text)["input_ids"])
+            if length > limit:
+                warnings.warn(
+                    f"prompt {text[:40]!r}... has {length} tokens; CLIP reads at most {limit}, the rest is ignored",
+                    stacklevel=4,
+                )
+        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
+        embeddings = self.model.get_conditional_embeddings(
+            batch_size=len(texts),
+            input_ids=tokens["input_ids"].to(self.device),
+            attention_mask=tokens["attention_mask"].to(self.device),
+        )
+        for text, embedding in zip(texts, embeddings):
+            self._prompt_cache[text] = embedding
+        while len(self._prompt_cache) > _PROMPT_CACHE_SIZE:
+            self._prompt_cache.popitem(last=False)
+
+    # ------------------------------------------------------------------------------------- decoder
+    @torch.inference_mode()
+    def decode(self, features: ImageFeatures, embeddings: torch.Tensor) -> torch.Tensor:
+        """Run the decoder for every (image, prompt) pair.
+
+        Args:
+            features: from :meth:`encode_images` / :meth:`encode_pixels`, B images.
+            embeddings: ``[P, D]`` from :meth:`encode_prompts`.
+
+        Returns:
+            logits ``[B, P, S, S]`` float32 (S = 352).
+        """
+        decoder = self.model.decoder
+        batch, prompts = len(features), embeddings.shape[0]
+        embeddings = embeddings.to(device=self.device, dtype=self.dtype)
+        film_mul = decoder.film_mul(embeddings)[None, :, None, :]  # [1, P, 1, R]
+        film_add = decoder.film_add(embeddings)[None, :, None, :]
+        output: torch.Tensor | None = None
+        expanded = False
+        for index, (reduced, layer) in enumerate(zip(features.reduced, decoder.layers)):
+            if expanded:
+                reduced = reduced.repeat_interleave(prompts, dim=0)
+            output = reduced if output is None else reduced + output
+            if index == self.conditional_layer:
+                tokens, width = output.shape[-2:]
+                output = output[:, None] * film_mul + film_add  # [B, P, T, R]
+                output = output.reshape(batch * prompts, tokens, width)
+                expanded = True
+            output = _call_layer(layer, output)
+        assert output is not None
+        if not expanded:  # conditional layer beyond the decoder depth: never conditioned (matches HF)
+            output = output.repeat_interleave(prompts, dim=0)
+        output = output[:, 1:, :].transpose(1, 2)
+        side = round(output.shape[2] ** 0.5)
+        output = output.reshape(output.shape[0], output.shape[1], side, side)
+        logits = decoder.transposed_convolution(output).squeeze(1)
+        return logits.reshape(batch, prompts, *logits.shape[-2:]).float()
+
+    # ---------------------------------------------------------------------------------- upsampling
+    @staticmethod
+    def probabilities(logits: torch.Tensor, size: tuple[int, int], normalize: str = "none") -> torch.Tensor:
+        """Logits at model resolution → probabilities at ``size``.
+
+        Args:
+            logits: ``[B, P, S, S]`` float32.
+            size: output ``(height, width)``.
+            normalize: ``"none"``/``"minmax"``: bilinear upsampling of the logits, then sigmoid (and the
+                min-max stretch). ``"seed"``: the seed node's path, reproduced exactly: sigmoid at S×S,
+                ``(p - min) / max``, 8-bit truncation, Pillow's bicubic resize, /255.
+
+        Returns:
+            ``[B, P, height, width]`` float32 in [0, 1].
+        """
+        if normalize == "seed":
+            levels = (normalize_seed(torch.sigmoid(logits)) * 255.0).clamp(0, 255).to(torch.uint8)
+            return pil_resize(levels, size, "bicubic").to(torch.float32) / 255.0
+        if tuple(logits.shape[-2:]) != tuple(size):
+            logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        probs = torch.sigmoid(logits)
+        return normalize_minmax(probs) if normalize == "minmax" else probs
+
+    # ------------------------------------------------------------------------------------ pipeline
+    def predict(
+        self,
+        images: Any,
+        prompts: str | Sequence[str],
+        *,
+        normalize: str = "none",
+        output_size: tuple[int, int] | None = None,
+        batch_size: int | None = None,
+        progress: ProgressCallback | None = None,
+        output_device: str | torch.device = "cpu",
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Per-prompt probability maps at each image's own size.
+
+        Args:
+            images: one image (tensor ``[H, W, C]``, array, PIL, path), a batch ``[B, H, W, C]``, or a list.
+            prompts: one prompt (the prompt axis is dropped) or a list of P prompts.
+            normalize: ``"none"``, ``"minmax"`` or ``"seed"`` (see :meth:`probabilities`).
+            output_size: ``(height, width)`` for every output instead of each image's own size.
+            batch_size: images per forward pass; memory stays bounded by it.
+            progress: ``progress(done, total)`` after each chunk; may raise to stop.
+            output_device: where results are returned (default CPU).
+
+        Returns:
+            float32 in [0, 1]: ``[B, P, H, W]`` for a batch tensor/array (or with ``output_size``), a list
+            of ``[P, H, W]`` for a list input, ``[P, H, W]`` for a single image; without the P axis when
+            ``prompts`` is a single string.
+        """
+        options = MaskOptions(normalize=normalize)
+        return self._run(images, prompts, (), options, output_size, batch_size, progress, output_device, False)
+
+    def mask(
+        self,
+        images: Any,
+        prompts: str | Sequence[str],
+        *,
+        negative_prompts: str | Sequence[str] = (),
+        options: MaskOptions | None = None,
+        output_size: tuple[int, int] | None = None,
+        batch_size: int | None = None,
+        progress: ProgressCallback | None = None,
+        output_device: str | torch.device = "cpu",
+        **option_overrides: Any,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """One mask per image: prompts combined, negatives subtracted, post-processing applied.
+
+        Args:
+            images: as for :meth:`predict`.
+            prompts: one or more prompts, combined with ``options.combine``.
+            negative_prompts: prompts whose maps are subtracted from the result.
+            options: a :class:`~textmask.postprocess.MaskOptions`; keyword overrides such as
+                ``threshold=0.4, blur=2, grow=4, invert=True, normalize="minmax"`` replace its fields.
+            output_size, batch_size, progress, output_device: as for :meth:`predict`.
+
+        Returns:
+            float32 in [0, 1]: ``[B, H, W]`` for a batch tensor/array (or with ``output_size``), a list of
+            ``[H, W]`` for a list input, ``[H, W]`` for a single image.
+        """
+        options = MaskOptions.from_kwargs(options, **option_overrides)
+        if isinstance(negative_prompts, str):
+            negative_prompts = [negative_prompts]
+        return self._run(
+            images, prompts, tuple(negative_prompts), options, output_size, batch_size, progress, output_device, True
+        )
+
+    def _run(
+        self,
+        images: Any,
+        prompts: str | Sequence[str],
+        negative: tuple[str, ...],
+        options: MaskOptions,
+        output_size: tuple[int, int] | None,
+        batch_size: int | None,
+        progress: ProgressCallback | None,
+        output_device: str | torch.device,
+        finish: bool,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        single_prompt = isinstance(prompts, str)
+        positive = [prompts] if single_prompt else list(prompts)
+        embeddings = self.encode_prompts(positive + list(negative))
+        batch = as_image_batch(images)
+        if output_size is not None:
+            output_size = (int(output_size[0]), int(output_size[1]))
+            if output_size[0] < 1 or output_size[1] < 1:
+                raise ValueError(f"output_size: must be positive (height, width), got {output_size}")
+        total = len(batch)
+        fixed_size = output_size or batch.uniform_size
+        stacked = batch.stacked is not None or output_size is not None
+        per_image_shape = () if finish else ((len(positive),) if not single_prompt else ())
+        results: torch.Tensor | list[torch.Tensor]
+        if stacked and fixed_size is not None:
+            results = torch.empty((total, *per_image_shape, *fixed_size), dtype=torch.float32, device=output_device)
+        else:
+            results = []
+
+        step = max(1, int(batch_size or DEFAULT_BATCH_SIZE))
+        start = 0
+        while start < total:
+            stop = min(start + step, total)
+            try:
+                chunk = self._masks_for_chunk(
+                    batch, start, stop, embeddings, len(positive), options, output_size, finish
+                )
+            except _OOM_ERRORS:
+                if step == 1:
+                    raise
+                step = max(1, step // 2)
+                log.warning("out of memory on the %s; retrying with batch size %d", self.device, step)
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            for offset, values in enumerate(chunk):
+                if single_prompt and not finish:
+                    values = values[0]
+                values = values.to(output_device)
+                if isinstance(results, torch.Tensor):
+                    results[start + offset] = values
+                else:
+                    results.append(values)
+            start = stop
+            if progress is not None:
+                progress(start, total)
+
+        if not batch.batched:
+            return results[0]
+        return results
+
+    @torch.inference_mode()
+    def _masks_for_chunk(
+        self,
+        batch: ImageBatch,
+        start: int,
+        stop: int,
+        embeddings: torch.Tensor,
+        positive_count: int,
+        options: MaskOptions,
+        output_size: tuple[int, int] | None,
+        finish: bool,
+    ) -> list[torch.Tensor]:
+        """Images ``start..stop``: masks ``[H, W]`` (finish) or maps ``[P, H, W]``, one per image."""
+        levels = batch.levels(start, stop)
+        sizes = [tuple(image.shape[-2:]) for image in levels]
+        features = self.encode_pixels(self.preprocess(levels), sizes)
+        logits = self.decode(features, embeddings)
+        out: list[torch.Tensor | None] = [None] * len(levels)
+        targets = [output_size or size for size in sizes]
+        for size in dict.fromkeys(targets):
+            indices = [i for i, target in enumerate(targets) if target == size]
+            probs = self.probabilities(logits[indices], size, options.normalize)
+            if finish:
+                probs = finish_masks(probs[:, :positive_count], probs[:, positive_count:], options)
+            for i, values in zip(indices, probs):
+                out[i] = values
+        return out  # type: ignore[return-value]
+
+
+_SESSIONS: dict[int, Segmenter] = {}
+
+
+def load(
+    model: str = DEFAULT_MODEL,
+    device: str | torch.device | None = "cpu",
+    dtype: str | torch.dtype | None = "float32",
+    cache_dir: str | None = None,
+    allow_pickle: bool = False,
+    download: bool = True,
+) -> Segmenter:
+    """Load (once per process) a CLIPSeg model as a :class:`Segmenter`.
+
+    Args:
+        model: Hugging Face id (default ``CIDAS/clipseg-rd64-refined``), a local folder, a Hugging Face
+            cache folder, or ``random-tiny`` / ``random-full`` (random weights, meaningless masks).
+        device: ``"cpu"`` (default), ``"cuda"``, ``"mps"`` or ``"auto"``.
+        dtype: ``"float32"`` (default), ``"bfloat16"``, ``"float16"`` or ``"fast"``.
+        cache_dir: Hugging Face cache to look in and download to (ComfyUI: ``models/clipseg``).
+        allow_pickle: also accept ``pytorch_model.bin`` weights (only from sources you trust).
+        download: allow downloading when the weights are not cached.
+    """
+    loaded = load_model(
+        model, device=device, dtype=dtype, cache_dir=cache_dir, allow_pickle=allow_pickle, download=download
+    )
+    session = _SESSIONS.get(id(loaded))
+    if session is None or session.loaded is not loaded:
+        session = _SESSIONS[id(loaded)] = Segmenter(loaded)
+    return session

@@ -1,0 +1,256 @@
+"""Input conversion: every image form textmask accepts becomes 8-bit RGB levels ``[3, H, W]`` uint8.
+
+One place decides how inputs are read, so every face (API, ComfyUI, CLI, Ray) reads them the same way:
+
+* torch tensors and numpy arrays are channels-last: ``[H, W]`` (grey), ``[H, W, C]`` or ``[B, H, W, C]``
+  with C = 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA). Floats are read as [0, 1]; values a little
+  outside are clipped, values that look like 0–255 or NaN/inf are refused. uint8 is used as is, uint16 is
+  scaled to 8 bits, bool is 0/255.
+* PIL images are turned upright from their EXIF orientation, then converted from any mode
+  (1, L, LA, P, RGB, RGBA, CMYK, YCbCr, I;16, I, F).
+* file paths are opened with Pillow, with clear errors for missing, non-image, truncated and
+  oversized files.
+
+Alpha is dropped, as ``PIL.Image.convert("RGB")`` and ComfyUI's LoadImage do: the mask is computed from
+the colour channels. Float images become 8-bit levels by truncation (``floor(255 x)``), which is what
+CLIPSeg's processor and the seed node do, so textmask feeds the model the same pixels they do.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+
+from .errors import InputError
+
+ImageInput = Union[torch.Tensor, np.ndarray, "PIL.Image.Image", str, os.PathLike]  # noqa: F821
+
+# Float images whose values go past these bounds are refused rather than silently clipped to black/white.
+_FLOAT_LOW, _FLOAT_HIGH = -1.0, 2.0
+
+
+def _is_pil(value: Any) -> bool:
+    module = type(value).__module__
+    return module.startswith("PIL.") and hasattr(value, "mode") and hasattr(value, "size")
+
+
+def load_image(path: str | os.PathLike, name: str = "image") -> PIL.Image.Image:  # noqa: F821
+    """Open an image file fully (decoded, EXIF-upright) or raise :class:`InputError` saying why not.
+
+    Args:
+        path: the file.
+        name: how to call this input in an error message (e.g. ``"images[3]"``).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                opened.load()
+                image = ImageOps.exif_transpose(opened)
+                if image is opened:
+                    image = opened.copy()
+    except FileNotFoundError:
+        raise InputError(f"{name}: file not found: {path}") from None
+    except IsADirectoryError:
+        raise InputError(f"{name}: {path} is a folder, not an image file") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{name}: {path} is not an image Pillow can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(
+            f"{name}: {path} is too large to open safely (over Image.MAX_IMAGE_PIXELS = "
+            f"{Image.MAX_IMAGE_PIXELS:,} pixels); if you trust the file, raise PIL.Image.MAX_IMAGE_PIXELS"
+        ) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{name}: {path} is truncated or corrupt ({exc})") from None
+    if image.width == 0 or image.height == 0:
+        raise InputError(f"{name}: {path} has zero size ({image.width}×{image.height})")
+    return image
+
+
+def _pil_to_array(image: PIL.Image.Image) -> np.ndarray:  # noqa: F821
+    """Any PIL mode → numpy ``[H, W]`` or ``[H, W, C]`` (uint8, uint16 or float32), upright."""
+    from PIL import ImageOps
+
+    image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode.startswith("I;16"):
+        return np.asarray(image).astype(np.uint16)
+    if mode == "I":
+        array = np.asarray(image, dtype=np.int64)
+        high = 255 if array.size == 0 or array.max() <= 255 else 65535
+        return (np.clip(array, 0, high) * (65535 // high)).astype(np.uint16)
+    if mode == "F":
+        array = np.asarray(image, dtype=np.float32)
+        return array / 255.0 if array.size and np.nanmax(array) > _FLOAT_HIGH else array
+    if mode in ("L", "RGB"):
+        return np.asarray(image)
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode not in ("LA", "RGBA"):
+        image = image.convert("RGB")  # 1, CMYK, YCbCr, LAB, HSV, La, RGBa, RGBX, ...
+    return np.asarray(image)
+
+
+def _check_float(values: torch.Tensor, name: str) -> None:
+    if values.numel() == 0:
+        return
+    if not bool(torch.isfinite(values).all()):
+        raise InputError(f"{name} contains NaN or infinite values; clean the image before masking")
+    low, high = float(values.min()), float(values.max())
+    if low < _FLOAT_LOW or high > _FLOAT_HIGH:
+        hint = " (it looks like 0–255: divide by 255)" if high <= 255.0 + 1e-3 and low >= 0 else ""
+        raise InputError(f"{name}: float images must hold values in [0, 1], got [{low:g}, {high:g}]{hint}")
+
+
+def channels_last_to_levels(values: torch.Tensor, name: str = "images") -> torch.Tensor:
+    """Convert a channels-last batch to 8-bit RGB levels.
+
+    Args:
+        values: ``[B, H, W, C]`` with C in {1, 2, 3, 4}; float (read as [0, 1]), uint8, uint16 or bool.
+        name: how to call this input in an error message.
+
+    Returns:
+        ``[B, 3, H, W]`` uint8 on the same device. Grey is repeated to RGB; alpha is dropped.
+    """
+    if values.dim() != 4:
+        raise InputError(f"{name}: expected [B, H, W, C], got shape {list(values.shape)}")
+    channels = values.shape[-1]
+    if channels not in (1, 2, 3, 4):
+        raise InputError(
+            f"{name}: the last dimension must be 1, 2, 3 or 4 channels (channels-last), got shape {list(values.shape)}"
+        )
+    if values.shape[1] == 0 or values.shape[2] == 0:
+        raise InputError(f"{name}: image has zero size ({values.shape[1]}×{values.shape[2]})")
+    colour = values[..., :3] if channels >= 3 else values[..., :1]
+    if colour.dtype == torch.uint8:
+        levels = colour
+    elif colour.dtype == torch.bool:
+        levels = colour.to(torch.uint8) * 255
+    elif colour.dtype == torch.uint16:
+        levels = ((colour.to(torch.int32) * 255 + 32767) // 65535).to(torch.uint8)
+    elif colour.is_floating_point():
+        colour = colour.float()
+        _check_float(colour, name)
+        # floor(clip(255 x)): the 8-bit conversion of the processor and the seed node.
+        levels = torch.clamp(colour * 255.0, 0, 255).to(torch.uint8)
+    else:
+        raise InputError(f"{name}: unsupported dtype {colour.dtype}; use float in [0, 1], uint8, uint16 or bool")
+    levels = levels.permute(0, 3, 1, 2)
+    if levels.shape[1] == 1:
+        levels = levels.expand(-1, 3, -1, -1)
+    return levels.contiguous()
+
+
+def _array_to_tensor(array: np.ndarray, name: str) -> torch.Tensor:
+    if array.dtype == np.uint16:
+        # torch's uint16 support is thin; scale to 8 bits here (round to nearest).
+        return torch.from_numpy(((array.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8))
+    if array.dtype.kind == "f" and array.dtype != np.float32:
+        array = array.astype(np.float32)
+    if array.dtype not in (np.uint8, np.bool_, np.float32):
+        raise InputError(f"{name}: unsupported dtype {array.dtype}; use float in [0, 1], uint8, uint16 or bool")
+    if not array.flags.writeable:  # e.g. np.asarray(PIL image); torch wants writable memory
+        array = array.copy()
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _as_channels_last_batch(value: torch.Tensor, name: str, batched: bool) -> torch.Tensor:
+    if value.dim() == 2:
+        value = value[:, :, None]
+    if value.dim() == 3 and not batched:
+        value = value[None]
+    if value.dim() != 4:
+        expected = "[B, H, W, C]" if batched else "[H, W], [H, W, C] or [B, H, W, C]"
+        raise InputError(f"{name}: expected {expected}, got shape {list(value.shape)}")
+    return value
+
+
+def to_levels(image: ImageInput, name: str = "image") -> torch.Tensor:
+    """Convert one image of any accepted form to ``[3, H, W]`` uint8 RGB levels (CPU unless a tensor)."""
+    if isinstance(image, (str, os.PathLike)):
+        image = load_image(image, name)
+    if _is_pil(image):
+        if image.width == 0 or image.height == 0:
+            raise InputError(f"{name}: image has zero size ({image.width}×{image.height})")
+        image = _pil_to_array(image)
+    if isinstance(image, np.ndarray):
+        image = _array_to_tensor(image, name)
+    if not isinstance(image, torch.Tensor):
+        raise InputError(
+            f"{name}: unsupported type {type(image).__name__}; pass a torch tensor, numpy array, PIL image or file path"
+        )
+    batch = _as_channels_last_batch(image, name, batched=False)
+    if batch.shape[0] != 1:
+        raise InputError(f"{name}: expected one image, got a batch of {batch.shape[0]}")
+    return channels_last_to_levels(batch, name)[0]
+
+
+@dataclass
+class ImageBatch:
+    """Images waiting to be masked, converted to levels one chunk at a time.
+
+    Either ``stacked`` holds a channels-last batch ``[B, H, W, C]`` (all one size), or ``items`` holds
+    single images of any form and size. ``batched`` says whether the caller passed a batch (results keep
+    the batch dimension) or a single image (results drop it).
+    """
+
+    stacked: torch.Tensor | None
+    items: Sequence[ImageInput] | None
+    batched: bool
+    name: str = "images"
+
+    def __len__(self) -> int:
+        return self.stacked.shape[0] if self.stacked is not None else len(self.items or ())
+
+    @property
+    def uniform_size(self) -> tuple[int, int] | None:
+        """``(H, W)`` when every image is known to share one size without reading them, else None."""
+        if self.stacked is not None:
+            return int(self.stacked.shape[1]), int(self.stacked.shape[2])
+        return None
+
+    def levels(self, start: int, stop: int) -> list[torch.Tensor]:
+        """Images ``start..stop`` as a list of ``[3, H, W]`` uint8 tensors."""
+        if self.stacked is not None:
+            chunk = self.stacked[start:stop]
+            name = self.name if stop - start == len(self) else f"{self.name}[{start}:{stop}]"
+            return list(channels_last_to_levels(chunk, name).unbind(0))
+        assert self.items is not None
+        label = self.name if not self.batched else None
+        return [to_levels(self.items[i], label or f"{self.name}[{i}]") for i in range(start, stop)]
+
+
+def as_image_batch(images: Any, name: str = "images") -> ImageBatch:
+    """Wrap any accepted input (single image, batch tensor/array, or a list of images) as an ImageBatch.
+
+    A 4-D tensor/array is a batch ``[B, H, W, C]``; 2-D and 3-D ones are single images; lists and tuples
+    are batches of single images of any form and size.
+    """
+    if isinstance(images, (list, tuple)):
+        return ImageBatch(stacked=None, items=list(images), batched=True, name=name)
+    if isinstance(images, np.ndarray):
+        if images.ndim == 4:
+            return ImageBatch(stacked=_array_to_tensor(images, name), items=None, batched=True, name=name)
+        return ImageBatch(stacked=None, items=[images], batched=False, name=name)
+    if isinstance(images, torch.Tensor):
+        if images.dim() == 4:
+            return ImageBatch(stacked=images, items=None, batched=True, name=name)
+        if images.dim() in (2, 3):
+            return ImageBatch(stacked=None, items=[images], batched=False, name=name)
+        raise InputError(f"{name}: expected [H, W], [H, W, C] or [B, H, W, C], got shape {list(images.shape)}")
+    if isinstance(images, (str, os.PathLike)) or _is_pil(images):
+        return ImageBatch(stacked=None, items=[images], batched=False, name=name)
+    raise InputError(
+        f"{name}: unsupported type {type(images).__name__}; pass a torch tensor, numpy array, PIL image, "
+        "file path, or a list of those"
+    )

@@ -1,0 +1,439 @@
+"""Finding, loading and caching CLIPSeg weights, and choosing device and dtype.
+
+A model *source* is one of:
+
+* a Hugging Face id such as ``CIDAS/clipseg-rd64-refined`` (the default), looked up in the Hugging Face
+  cache first (``cache_dir``: ComfyUI keeps it in ``models/clipseg``) and downloaded only when missing and
+  the machine is online;
+* a local folder in ``save_pretrained`` layout (``config.json`` + ``model.safetensors`` + tokenizer files),
+  or a Hugging Face cache folder of one model (``models--ORG--NAME``);
+* ``random-tiny`` or ``random-full``: random-weight models built offline (the real CLIP tokenizer, the
+  rd64-refined architecture for ``random-full``) for tests, demos and benchmarks. Their masks are
+  meaningless.
+
+Only safetensors weights are loaded unless ``allow_pickle=True``; remote code never runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ModelLoadError, ModelNotFoundError
+
+log = logging.getLogger("textmask")
+
+DEFAULT_MODEL = "CIDAS/clipseg-rd64-refined"
+RANDOM_SOURCES = ("random-tiny", "random-full")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_HUB_PATTERNS = ["*.json", "*.txt", "*.safetensors"]
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+# --------------------------------------------------------------------------------------------- devices
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"``/None → CUDA, then MPS, then CPU; otherwise the named device, checked to exist."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(
+            f"device: {device!r} is not a device name (try 'auto', 'cpu', 'cuda', 'cuda:1', 'mps')"
+        ) from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} was asked for but this torch build sees no CUDA GPU; use 'cpu' or 'auto'")
+    if resolved.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device: {device!r} was asked for but MPS is not available here; use 'cpu' or 'auto'")
+    return resolved
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX), where bf16 pays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0]
+    except (OSError, IndexError):
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``"float32"``, ``"bfloat16"``, ``"float16"``, a torch dtype, or ``"fast"``: the quickest reduced
+    precision that this device runs well (float16 on CUDA/MPS, bfloat16 on CPUs with native bf16,
+    float32 otherwise)."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ValueError(f"dtype: {dtype} is not supported; use float32, bfloat16 or float16")
+        chosen = dtype
+    elif dtype == "fast":
+        if device.type in ("cuda", "mps"):
+            return torch.float16
+        return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    elif dtype in DTYPES:
+        chosen = DTYPES[dtype]
+    else:
+        raise ValueError(f"dtype: {dtype!r} is not one of {[*sorted(DTYPES), 'fast']}")
+    if chosen == torch.float16 and device.type == "cpu":
+        raise ValueError("dtype: float16 is very slow or unsupported on CPU; use bfloat16 or 'fast' there")
+    return chosen
+
+
+# ------------------------------------------------------------------------------------- preprocessing
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How the model wants its pixels: the fields of ``preprocessor_config.json`` that matter.
+
+    Defaults are those of ``CIDAS/clipseg-rd64-refined``: resize to 352×352 with Pillow's bilinear
+    filter, scale by 1/255, normalize with the ImageNet mean and std.
+    """
+
+    size: tuple[int, int] = (352, 352)
+    resample: str = "bilinear"
+    rescale_factor: float = 1 / 255
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    do_resize: bool = True
+    do_rescale: bool = True
+    do_normalize: bool = True
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> PreprocessConfig:
+        """Read ``preprocessor_config.json`` when the folder has one, else the rd64-refined defaults."""
+        path = folder / "preprocessor_config.json"
+        if not path.is_file():
+            return cls()
+        try:
+            raw: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"{path} is not valid JSON ({exc}); delete it to use the defaults") from exc
+        size = raw.get("size", 352)
+        if isinstance(size, dict):
+            size = (
+                size.get("height", size.get("shortest_edge", 352)),
+                size.get("width", size.get("shortest_edge", 352)),
+            )
+        elif isinstance(size, int):
+            size = (size, size)
+        resample = {2: "bilinear", 3: "bicubic"}.get(raw.get("resample", 2))
+        if resample is None:
+            log.warning("%s: resample=%s is not supported; using bilinear", path, raw.get("resample"))
+            resample = "bilinear"
+        return cls(
+            size=(int(size[0]), int(size[1])),
+            resample=resample,
+            rescale_factor=float(raw.get("rescale_factor", 1 / 255)),
+            mean=tuple(raw.get("image_mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
+            std=tuple(raw.get("image_std", IMAGENET_STD)),  # type: ignore[arg-type]
+            do_resize=bool(raw.get("do_resize", True)),
+            do_rescale=bool(raw.get("do_rescale", True)),
+            do_normalize=bool(raw.get("do_normalize", True)),
+        )
+
+
+# ----------------------------------------------------------------------------------- random models
+def cache_root() -> Path:
+    """Where textmask keeps what it builds (random models): ``$TEXTMASK_CACHE`` or ``~/.cache/textmask``."""
+    return Path(os.environ.get("TEXTMASK_CACHE", Path.home() / ".cache" / "textmask")).expanduser()
+
+
+def random_config(kind: str) -> Any:
+    """The ``CLIPSegConfig`` of a random model: ``tiny`` (fast tests) or ``full`` (rd64-refined layout)."""
+    from transformers import CLIPSegConfig
+
+    if kind == "full":
+        return CLIPSegConfig(
+            vision_config={"patch_size": 16},
+            reduce_dim=64,
+            use_complex_transposed_convolution=True,
+            extract_layers=[3, 6, 9],
+        )
+    if kind == "tiny":
+        return CLIPSegConfig(
+            text_config={
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 2,
+                "vocab_size": 49408,
+                "max_position_embeddings": 77,
+            },
+            vision_config={
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 5,
+                "num_attention_heads": 2,
+                "patch_size": 16,
+                "image_size": 224,
+            },
+            projection_dim=16,
+            reduce_dim=16,
+            decoder_num_attention_heads=2,
+            decoder_intermediate_size=32,
+            use_complex_transposed_convolution=True,
+            extract_layers=[1, 2, 3],
+        )
+    raise ValueError(f"unknown random model kind {kind!r}")
+
+
+def build_random_model(kind: str, folder: str | Path, seed: int = 0) -> Path:
+    """Build a random-weight CLIPSeg with the real CLIP tokenizer and save it in ``save_pretrained`` layout.
+
+    The folder is written next to its final place and renamed into it, so a crash never leaves half a
+    model behind. Returns the folder.
+    """
+    from transformers import CLIPSegForImageSegmentation
+
+    from .vocab import write_clip_tokenizer_files
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        torch.manual_seed(seed)
+        model = CLIPSegForImageSegmentation(random_config(kind)).eval()
+        model.save_pretrained(staging, safe_serialization=True)
+        write_clip_tokenizer_files(staging)
+        processor_config = {
+            "do_normalize": True,
+            "do_rescale": True,
+            "do_resize": True,
+            "image_mean": list(IMAGENET_MEAN),
+            "image_std": list(IMAGENET_STD),
+            "image_processor_type": "ViTImageProcessor",
+            "processor_class": "CLIPSegProcessor",
+            "resample": 2,
+            "rescale_factor": 1 / 255,
+            "size": {"height": 352, "width": 352},
+        }
+        (staging / "preprocessor_config.json").write_text(json.dumps(processor_config, indent=2))
+        (staging / "README.txt").write_text(
+            f"textmask random-{kind}: random weights (seed {seed}). Masks from this model are meaningless;\n"
+            "it exists for tests, demos and benchmarks. Real use: CIDAS/clipseg-rd64-refined.\n"
+        )
+        if folder.exists():  # built meanwhile by another process
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return folder
+
+
+def _random_model_folder(source: str) -> Path:
+    kind = source.split("-", 1)[1]
+    folder = cache_root() / f"{source}-v1"
+    if not (folder / "config.json").is_file():
+        log.info("building the %s model in %s (random weights: masks are meaningless)", source, folder)
+        build_random_model(kind, folder)
+    return folder
+
+
+# ------------------------------------------------------------------------------------------- locate
+def _hub_offline() -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
+        return False
+
+
+def _how_to_get(source: str, cache_dir: Path | None) -> str:
+    where = f" --dir {cache_dir}" if cache_dir else ""
+    return (
+        "To get the weights: on a machine with internet run `textmask download "
+        f"{source}{where}` (or `huggingface-cli download {source}"
+        + (f" --cache-dir {cache_dir}" if cache_dir else "")
+        + "`), or copy a folder holding config.json, model.safetensors and the tokenizer files "
+        "(vocab.json, merges.txt) and pass its path as the model. Set HF_HUB_OFFLINE=1 to stop textmask "
+        "from trying the network."
+    )
+
+
+def _snapshot_in(folder: Path) -> Path | None:
+    """The newest snapshot folder of a ``models--ORG--NAME`` Hugging Face cache folder."""
+    ref = folder / "refs" / "main"
+    if ref.is_file():
+        snapshot = folder / "snapshots" / ref.read_text().strip()
+        if (snapshot / "config.json").is_file():
+            return snapshot
+    snapshots = sorted((folder / "snapshots").glob("*/config.json"), key=lambda p: p.stat().st_mtime)
+    return snapshots[-1].parent if snapshots else None
+
+
+def locate_model(source: str = DEFAULT_MODEL, cache_dir: str | Path | None = None, download: bool = True) -> Path:
+    """Resolve a model source to a local folder holding ``config.json`` (downloading only if needed).
+
+    Raises:
+        ModelNotFoundError: naming the source, where it was looked for, and how to get the weights.
+    """
+    source = str(source).strip()
+    cache = Path(cache_dir).expanduser() if cache_dir else None
+    if source in RANDOM_SOURCES:
+        return _random_model_folder(source)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return path
+        if path.name.startswith("models--") and (snapshot := _snapshot_in(path)) is not None:
+            return snapshot
+        raise ModelNotFoundError(
+            f"model {source!r}: the folder exists but holds no config.json (nor a Hugging Face snapshot). "
+            f"A model folder is what `save_pretrained` writes. {_how_to_get(DEFAULT_MODEL, cache)}"
+        )
+    if path.exists():
+        raise ModelNotFoundError(f"model {source!r} is a file; pass the folder that holds config.json")
+    looks_like_path = (
+        source.startswith((".", "/", "~", "\\"))
+        or os.sep in source.replace("/", "", 1)
+        or (len(source) > 1 and source[1] == ":")
+    )
+    if looks_like_path or not _REPO_ID.match(source):
+        raise ModelNotFoundError(
+            f"model {source!r}: no such folder, and it is not a Hugging Face id (ORG/NAME). "
+            f"Check the path. {_how_to_get(DEFAULT_MODEL, cache)}"
+        )
+    from huggingface_hub import snapshot_download
+
+    cache_arg = str(cache) if cache else None
+    try:
+        return Path(snapshot_download(source, cache_dir=cache_arg, local_files_only=True, allow_patterns=_HUB_PATTERNS))
+    except Exception:
+        pass
+    searched = f"the Hugging Face cache ({cache or 'default: ~/.cache/huggingface/hub'})"
+    if _hub_offline() or not download:
+        why = "HF_HUB_OFFLINE is set" if _hub_offline() else "downloads are disabled"
+        raise ModelNotFoundError(f"model {source!r} is not in {searched} and {why}. {_how_to_get(source, cache)}")
+    try:
+        log.info("downloading %s into %s", source, cache or "the Hugging Face cache")
+        return Path(snapshot_download(source, cache_dir=cache_arg, allow_patterns=_HUB_PATTERNS, etag_timeout=10))
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(
+            f"model {source!r} is not in {searched} and could not be downloaded ({reason}). "
+            f"{_how_to_get(source, cache)}"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------- load
+@dataclass
+class LoadedModel:
+    """A CLIPSeg model ready for inference, with the tokenizer and pixel settings that go with it."""
+
+    source: str
+    folder: Path
+    model: Any  # transformers CLIPSegForImageSegmentation, eval mode, on ``device`` in ``dtype``
+    tokenizer: Any
+    preprocess: PreprocessConfig
+    device: torch.device
+    dtype: torch.dtype
+
+
+def _load_weights(folder: Path, allow_pickle: bool) -> Any:
+    from transformers import CLIPSegForImageSegmentation
+
+    has_safetensors = any(folder.glob("*.safetensors"))
+    if not has_safetensors and not allow_pickle:
+        pickled = [p.name for p in folder.glob("*.bin")]
+        detail = f"it only has {pickled}, " if pickled else ""
+        raise ModelNotFoundError(
+            f"model folder {folder} holds no *.safetensors weights; {detail}textmask loads only safetensors "
+            "by default (pickled .bin files can run code). Convert them, or pass allow_pickle=True "
+            "(--allow-pickle) for a source you trust."
+        )
+    try:
+        model = CLIPSegForImageSegmentation.from_pretrained(
+            str(folder), use_safetensors=has_safetensors or None, trust_remote_code=False
+        )
+    except Exception as exc:
+        files = ", ".join(sorted(p.name for p in folder.iterdir() if p.is_file()))
+        raise ModelLoadError(
+            f"model folder {folder}: the weights could not be loaded ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}). The files may be corrupt "
+            f"or truncated; delete the folder and download it again. Files there: {files}"
+        ) from None
+    return model.eval()
+
+
+def _load_tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"model folder {folder}: the tokenizer could not be loaded ({type(exc).__name__}: {exc}). "
+            "The folder needs vocab.json + merges.txt (or tokenizer.json)."
+        ) from None
+
+
+_CACHE: dict[tuple[str, str, str, str, bool], LoadedModel] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_model(
+    source: str = DEFAULT_MODEL,
+    device: str | torch.device | None = "cpu",
+    dtype: str | torch.dtype | None = "float32",
+    cache_dir: str | Path | None = None,
+    allow_pickle: bool = False,
+    download: bool = True,
+) -> LoadedModel:
+    """Load a CLIPSeg model once per (source, device, dtype) per process; later calls return the same object.
+
+    Args:
+        source: Hugging Face id, local folder, HF cache folder, or ``random-tiny`` / ``random-full``.
+        device: ``"cpu"``, ``"cuda"``, ``"mps"``, ``"auto"``...
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"fast"``.
+        cache_dir: Hugging Face cache folder to look in / download to (ComfyUI: ``models/clipseg``).
+        allow_pickle: also load ``pytorch_model.bin`` (pickle) weights. Only for sources you trust.
+        download: allow a download when the weights are not cached.
+    """
+    resolved_device = resolve_device(device)
+    resolved_dtype = resolve_dtype(dtype, resolved_device)
+    key = (str(source), str(cache_dir or ""), str(resolved_device), str(resolved_dtype), allow_pickle)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None:
+            return cached
+        folder = locate_model(source, cache_dir=cache_dir, download=download)
+        model = _load_weights(folder, allow_pickle).to(device=resolved_device, dtype=resolved_dtype)
+        loaded = LoadedModel(
+            source=str(source),
+            folder=folder,
+            model=model,
+            tokenizer=_load_tokenizer(folder),
+            preprocess=PreprocessConfig.from_folder(folder),
+            device=resolved_device,
+            dtype=resolved_dtype,
+        )
+        _CACHE[key] = loaded
+        return loaded
+
+
+def clear_model_cache() -> None:
+    """Forget every loaded model (they are freed once nothing else holds them)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()

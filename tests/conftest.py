@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny random-weight CLIPSeg with the real CLIP tokenizer, built once per session."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Random models built by the tests go to a throwaway cache, and nothing touches the network.
+    os.environ.setdefault("TEXTMASK_CACHE", tempfile.mkdtemp(prefix="textmask-test-cache-"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``save_pretrained`` folder: tiny random CLIPSeg (ViT patch 16, 352 input) + CLIP tokenizer files."""
+    from textmask.model import build_random_model
+
+    return build_random_model("tiny", tmp_path_factory.mktemp("models") / "tiny-clipseg")
+
+
+@pytest.fixture(scope="session")
+def tiny_session(tiny_model_dir: Path):
+    """The textmask session over the tiny model (CPU, float32)."""
+    import textmask
+
+    return textmask.load(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_model_dir: Path):
+    """The reference pipeline: transformers' own processor and model, loaded independently."""
+    from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
+
+    processor = CLIPSegProcessor.from_pretrained(str(tiny_model_dir))
+    model = CLIPSegForImageSegmentation.from_pretrained(str(tiny_model_dir)).eval()
+    return processor, model
