@@ -210,6 +210,7 @@ def build_random_model(kind: str, folder: str | Path, seed: int = 0) -> Path:
     try:
         torch.manual_seed(seed)
         model = CLIPSegForImageSegmentation(random_config(kind)).eval()
+        _calibrate_logit_scale(model)
         model.save_pretrained(staging, safe_serialization=True)
         write_clip_tokenizer_files(staging)
         processor_config = {
@@ -239,9 +240,29 @@ def build_random_model(kind: str, folder: str | Path, seed: int = 0) -> Path:
     return folder
 
 
+def _calibrate_logit_scale(model: Any, target_std: float = 3.0) -> None:
+    """Scale a random model's last decoder layer so its logits spread like a trained model's (std ≈ 3).
+
+    Random initialization gives logits in the hundreds, where every sigmoid saturates to exactly 0 or 1;
+    such a model would hide mistakes in probabilities, normalization and thresholds.
+    """
+    generator = torch.Generator().manual_seed(1234)
+    size = model.config.vision_config.patch_size * 22
+    pixels = torch.randn(1, 3, size, size, generator=generator)
+    embedding = torch.randn(1, model.config.projection_dim, generator=generator)
+    with torch.no_grad():
+        logits = model(pixel_values=pixels, conditional_embeddings=embedding).logits
+        last = model.decoder.transposed_convolution
+        last = last[-1] if isinstance(last, torch.nn.Sequential) else last
+        scale = target_std / float(logits.std())
+        last.weight.mul_(scale)
+        if last.bias is not None:
+            last.bias.mul_(scale)
+
+
 def _random_model_folder(source: str) -> Path:
     kind = source.split("-", 1)[1]
-    folder = cache_root() / f"{source}-v1"
+    folder = cache_root() / f"{source}-v2"
     if not (folder / "config.json").is_file():
         log.info("building the %s model in %s (random weights: masks are meaningless)", source, folder)
         build_random_model(kind, folder)
