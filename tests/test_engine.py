@@ -22,11 +22,14 @@ def _image(height: int, width: int, mode: str = "RGB", seed: int = 0) -> Image.I
 
 
 def _reference_logits(reference, image: Image.Image, prompts: list[str]) -> torch.Tensor:
-    """transformers' own pipeline: processor (one text per image) + full model forward."""
+    """transformers' own pipeline: the processor's tokenizer and image processor, full model forward
+    (one text per image, as transformers' CLIPSeg wants)."""
     processor, model = reference
-    inputs = processor(text=prompts, images=[image.convert("RGB")] * len(prompts), padding=True, return_tensors="pt")
+    text = processor.tokenizer(prompts, padding=True, return_tensors="pt")
+    images = [image.convert("RGB")] * len(prompts)
+    pixels = processor.image_processor(images, return_tensors="pt", input_data_format="channels_last")
     with torch.no_grad():
-        logits = model(**inputs).logits
+        logits = model(pixel_values=pixels["pixel_values"], **text).logits
     return logits.reshape(len(prompts), *logits.shape[-2:])
 
 
