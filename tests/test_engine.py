@@ -192,3 +192,23 @@ def test_session_is_cached_per_source_device_dtype(tiny_model_dir, tiny_session)
 def test_empty_batch_gives_empty_result(tiny_session) -> None:
     assert tiny_session.mask(torch.rand(0, 8, 8, 3), "cat").shape == (0, 8, 8)
     assert tiny_session.mask([], "cat") == []
+
+
+@pytest.mark.parametrize("combine", ["union", "intersection"])
+def test_prompt_groups_fold_to_the_same_masks(tiny_session, monkeypatch, combine: str) -> None:
+    """Many prompts are decoded in bounded groups; folding the groups gives what one pass gives."""
+    import textmask.engine as engine
+
+    images = torch.rand(3, 40, 40, 3, generator=torch.Generator().manual_seed(2))
+    prompts = [f"thing {i}" for i in range(5)]
+    negatives = ["background", "floor"]
+    kwargs = {"negative_prompts": negatives, "combine": combine, "normalize": "minmax"}
+    one_pass = tiny_session.mask(images, prompts, **kwargs)
+    maps = tiny_session.predict(images, prompts + negatives, normalize="minmax")
+    monkeypatch.setattr(engine, "_MAX_PAIRS_PER_PASS", 2)
+    grouped = tiny_session.mask(images, prompts, **kwargs)
+    torch.testing.assert_close(grouped, one_pass, atol=1e-5, rtol=0)
+    torch.testing.assert_close(tiny_session.predict(images, prompts + negatives, normalize="minmax"), maps)
+    positive = maps[:, :5].amax(1) if combine == "union" else maps[:, :5].amin(1)
+    expected = (positive - maps[:, 5:].amax(1)).clamp(0, 1)
+    torch.testing.assert_close(one_pass, expected, atol=1e-5, rtol=0)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from .errors import PromptError
 from .images import ImageBatch, as_image_batch
 from .model import DEFAULT_MODEL, LoadedModel, load_model
-from .postprocess import MaskOptions, finish_masks, normalize_minmax, normalize_seed
+from .postprocess import MaskOptions, combine, finish_masks, normalize_minmax, normalize_seed
 from .resize import pil_resize
 
 log = logging.getLogger("textmask")
@@ -38,6 +38,9 @@ ProgressCallback = Callable[[int, int], None]
 
 DEFAULT_BATCH_SIZE = 8
 _PROMPT_CACHE_SIZE = 4096
+# Per decoder pass: at most this many (image, prompt) pairs, and this many full-size map values (~256 MB).
+_MAX_PAIRS_PER_PASS = 64
+_MAX_MAP_VALUES_PER_PASS = 64 * 1024 * 1024
 _OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
     error
     for error in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
@@ -424,6 +427,12 @@ class Segmenter:
             return results[0]
         return results
 
+    def _prompts_per_pass(self, images: int, pixels_per_image: int, prompts: int) -> int:
+        """How many prompts one decoder pass takes, so that logits and full-size maps stay bounded."""
+        by_pairs = _MAX_PAIRS_PER_PASS // max(1, images)
+        by_pixels = _MAX_MAP_VALUES_PER_PASS // max(1, images * pixels_per_image)
+        return max(1, min(prompts, by_pairs, by_pixels))
+
     @torch.inference_mode()
     def _masks_for_chunk(
         self,
@@ -436,20 +445,47 @@ class Segmenter:
         output_size: tuple[int, int] | None,
         finish: bool,
     ) -> list[torch.Tensor]:
-        """Images ``start..stop``: masks ``[H, W]`` (finish) or maps ``[P, H, W]``, one per image."""
+        """Images ``start..stop``: masks ``[H, W]`` (finish) or maps ``[P, H, W]``, one per image.
+
+        The vision tower runs once for the chunk; the decoder then runs over the prompts in groups small
+        enough to bound memory whatever the number of prompts, and ``finish`` folds each group into
+        running unions/intersections instead of keeping every prompt's map.
+        """
         levels = batch.levels(start, stop)
         sizes = [tuple(image.shape[-2:]) for image in levels]
         features = self.encode_pixels(self.preprocess(levels), sizes)
-        logits = self.decode(features, embeddings)
-        out: list[torch.Tensor | None] = [None] * len(levels)
         targets = [output_size or size for size in sizes]
+        out: list[torch.Tensor | None] = [None] * len(levels)
         for size in dict.fromkeys(targets):
             indices = [i for i, target in enumerate(targets) if target == size]
-            probs = self.probabilities(logits[indices], size, options.normalize)
+            group_features = ImageFeatures(
+                reduced=tuple(r[indices] for r in features.reduced), sizes=[sizes[i] for i in indices]
+            )
+            step = self._prompts_per_pass(len(indices), size[0] * size[1], embeddings.shape[0])
+            maps: list[torch.Tensor] = []
+            positive: torch.Tensor | None = None
+            negative: torch.Tensor | None = None
+            for first in range(0, embeddings.shape[0], step):
+                logits = self.decode(group_features, embeddings[first : first + step])
+                probs = self.probabilities(logits, size, options.normalize)  # [k, g, H, W]
+                del logits
+                if not finish:
+                    maps.append(probs)
+                    continue
+                split = max(0, min(positive_count - first, probs.shape[1]))
+                if split > 0:
+                    part = combine(probs[:, :split], options.combine, dim=1)
+                    positive = part if positive is None else combine(torch.stack([positive, part], 1), options.combine)
+                if split < probs.shape[1]:
+                    part = probs[:, split:].amax(dim=1)
+                    negative = part if negative is None else torch.maximum(negative, part)
             if finish:
-                probs = finish_masks(probs[:, :positive_count], probs[:, positive_count:], options)
-            for i, values in zip(indices, probs):
-                out[i] = values
+                assert positive is not None
+                values = finish_masks(positive[:, None], None if negative is None else negative[:, None], options)
+            else:
+                values = torch.cat(maps, dim=1)
+            for i, value in zip(indices, values):
+                out[i] = value
         return out  # type: ignore[return-value]
 
 
