@@ -5,6 +5,7 @@ Quick start::
     import textmask
     session = textmask.load()                      # CIDAS/clipseg-rd64-refined, cached per process
     masks = session.mask(images, ["cat", "dog"], threshold=0.4)   # [B, H, W] in [0, 1]
+    masks = session.mask(images, textmask.ImagePrompt("example.png"))  # mask what looks like the example
 
 Imports are lazy: ``import textmask`` loads neither torch nor transformers until something is used.
 """
@@ -26,6 +27,10 @@ _EXPORTS = {
     "clear_model_cache": "textmask.model",
     "DEFAULT_MODEL": "textmask.model",
     "load_image": "textmask.images",
+    "ImagePrompt": "textmask.prompts",
+    "TextPrompt": "textmask.prompts",
+    "Blend": "textmask.prompts",
+    "average": "textmask.prompts",
     "TextmaskError": "textmask.errors",
     "ModelNotFoundError": "textmask.errors",
     "ModelLoadError": "textmask.errors",
@@ -41,6 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .images import load_image
     from .model import DEFAULT_MODEL, clear_model_cache, load_model, locate_model
     from .postprocess import MaskOptions
+    from .prompts import Blend, ImagePrompt, TextPrompt, average
 
 
 def __getattr__(name: str) -> Any:

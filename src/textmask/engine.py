@@ -25,10 +25,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import PromptError
 from .images import ImageBatch, as_image_batch
 from .model import DEFAULT_MODEL, LoadedModel, load_model
 from .postprocess import MaskOptions, combine, finish_masks, normalize_minmax, normalize_seed
+from .prompts import (
+    ExampleInput,
+    PromptLike,
+    as_prompt_list,
+    blank_background,
+    evaluate,
+    is_single_prompt,
+    leaves,
+    plan,
+)
 from .resize import pil_resize
 
 log = logging.getLogger("textmask")
@@ -98,6 +107,9 @@ class Segmenter:
         self._vision_layers = list(vision.encoder.layers[: max(self.extract_layers) + 1])
         self._pixel_table = self._level_to_pixel_table().to(self.device)
         self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._example_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        # Padding colour for cropped examples: the 8-bit level whose normalized value is nearest 0 (the mean).
+        self._example_fill = self._pixel_table.abs().argmin(dim=1).to(torch.uint8).cpu()
 
     def __repr__(self) -> str:
         return f"Segmenter(source={self.loaded.source!r}, device={self.device}, dtype={self.dtype})"
@@ -190,28 +202,75 @@ class Segmenter:
         )
 
     @torch.inference_mode()
-    def encode_prompts(self, prompts: str | Sequence[str]) -> torch.Tensor:
-        """Text prompts → conditional embeddings ``[P, D]`` (model dtype, on the model's device).
+    def encode_prompts(self, prompts: PromptLike | Sequence[PromptLike], name: str = "prompts") -> torch.Tensor:
+        """Prompts → conditional embeddings ``[P, D]`` (model dtype, on the model's device).
 
-        Each unique prompt runs through the text tower once per session; repeats come from a cache.
-        Prompts longer than CLIP's 77 tokens are truncated with a warning. An empty prompt is allowed
-        (the seed node's default text is "") but warned about: CLIPSeg then masks whatever its
-        empty-text embedding matches, which is rarely what anyone wants.
+        A prompt is text (``str`` / :class:`~textmask.prompts.TextPrompt`), an example image
+        (:class:`~textmask.prompts.ImagePrompt`, or a bare PIL image / ``Path`` / one-image tensor), or a
+        :class:`~textmask.prompts.Blend` (weighted mean of its items' embeddings). Each unique text runs
+        through the text tower once per session and each unique example (by a content hash of its
+        prepared pixels, mask and settings) through the image tower once; repeats come from caches.
+
+        Texts longer than CLIP's 77 tokens are truncated with a warning. An empty text is allowed (the
+        seed node's default text is "") but warned about: CLIPSeg then masks whatever its empty-text
+        embedding matches, which is rarely what anyone wants.
+
+        Args:
+            prompts: one prompt or a list of P prompts.
+            name: how to call the input in error messages.
+
+        Raises:
+            PromptError: an unsupported prompt, an unreadable example image or mask, bad weights.
         """
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
-        if not prompts:
-            raise PromptError("prompts: give at least one prompt")
-        for index, prompt in enumerate(prompts):
-            if not isinstance(prompt, str):
-                raise PromptError(f"prompts[{index}]: expected text, got {type(prompt).__name__}")
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._prompt_cache))
+        items = as_prompt_list(prompts, name)
+        nodes = [plan(item, f"{name}[{index}]", self._example_fill) for index, item in enumerate(items)]
+        found: dict[str, torch.Tensor] = {}
+        texts: list[str] = []
+        examples: dict[str, ExampleInput] = {}
+        for node in nodes:
+            for leaf in leaves(node):
+                if leaf.text is not None:
+                    texts.append(leaf.text)
+                elif leaf.example is not None:
+                    examples.setdefault(leaf.example.key, leaf.example)
+        missing = list(dict.fromkeys(t for t in texts if t not in self._prompt_cache))
         if missing:
             self._encode_texts(missing)
-        for prompt in prompts:
-            self._prompt_cache.move_to_end(prompt)
-        return torch.stack([self._prompt_cache[p] for p in prompts])
+        for text in dict.fromkeys(texts):
+            self._prompt_cache.move_to_end(text)
+            found["text:" + text] = self._prompt_cache[text]
+        new = [example for key, example in examples.items() if key not in self._example_cache]
+        if new:
+            self._encode_examples(new)
+        for key in examples:
+            self._example_cache.move_to_end(key)
+            found["image:" + key] = self._example_cache[key]
+        while len(self._example_cache) > _PROMPT_CACHE_SIZE:
+            self._example_cache.popitem(last=False)
+
+        def lookup(leaf: Any) -> torch.Tensor:
+            return found["text:" + leaf.text] if leaf.text is not None else found["image:" + leaf.example.key]
+
+        return torch.stack([evaluate(node, lookup) for node in nodes])
+
+    def _encode_examples(self, examples: list[ExampleInput]) -> None:
+        """Run CLIP's image tower (+ visual projection) on prepared examples; cache by content key.
+
+        The pixels are :meth:`preprocess`'s (the processor's ``visual_prompt`` path); masked examples then
+        get the paper's background treatment (:func:`textmask.prompts.blank_background`). Each example
+        goes through the tower on its own, so its cached embedding never depends on which other examples
+        shared the call (batched matmuls differ in the last bits); examples are few, so this costs little.
+        """
+        step = DEFAULT_BATCH_SIZE
+        for start in range(0, len(examples), step):
+            chunk = examples[start : start + step]
+            pixels = self.preprocess([example.levels for example in chunk])
+            for index, example in enumerate(chunk):
+                values = pixels[index : index + 1]
+                if example.mask is not None:
+                    values = blank_background(values[0], example.mask, example.background, example.blur)[None]
+                embedding = self.model.get_conditional_embeddings(batch_size=1, conditional_pixel_values=values)
+                self._example_cache[example.key] = embedding[0]
 
     def _encode_texts(self, texts: list[str]) -> None:
         limit = self.max_prompt_tokens
@@ -304,7 +363,7 @@ class Segmenter:
     def predict(
         self,
         images: Any,
-        prompts: str | Sequence[str],
+        prompts: PromptLike | Sequence[PromptLike],
         *,
         normalize: str = "none",
         output_size: tuple[int, int] | None = None,
@@ -316,7 +375,8 @@ class Segmenter:
 
         Args:
             images: one image (tensor ``[H, W, C]``, array, PIL, path), a batch ``[B, H, W, C]``, or a list.
-            prompts: one prompt (the prompt axis is dropped) or a list of P prompts.
+            prompts: one prompt (the prompt axis is dropped) or a list of P prompts; text, example
+                images (:class:`~textmask.prompts.ImagePrompt`) or blends (see :meth:`encode_prompts`).
             normalize: ``"none"``, ``"minmax"`` or ``"seed"`` (see :meth:`probabilities`).
             output_size: ``(height, width)`` for every output instead of each image's own size.
             batch_size: images per forward pass; memory stays bounded by it.
@@ -326,7 +386,7 @@ class Segmenter:
         Returns:
             float32 in [0, 1]: ``[B, P, H, W]`` for a batch tensor/array (or with ``output_size``), a list
             of ``[P, H, W]`` for a list input, ``[P, H, W]`` for a single image; without the P axis when
-            ``prompts`` is a single string.
+            ``prompts`` is a single prompt.
         """
         options = MaskOptions(normalize=normalize)
         return self._run(images, prompts, (), options, output_size, batch_size, progress, output_device, False)
@@ -334,9 +394,9 @@ class Segmenter:
     def mask(
         self,
         images: Any,
-        prompts: str | Sequence[str],
+        prompts: PromptLike | Sequence[PromptLike],
         *,
-        negative_prompts: str | Sequence[str] = (),
+        negative_prompts: PromptLike | Sequence[PromptLike] = (),
         options: MaskOptions | None = None,
         output_size: tuple[int, int] | None = None,
         batch_size: int | None = None,
@@ -348,8 +408,8 @@ class Segmenter:
 
         Args:
             images: as for :meth:`predict`.
-            prompts: one or more prompts, combined with ``options.combine``.
-            negative_prompts: prompts whose maps are subtracted from the result.
+            prompts: one or more prompts (text, example images, blends), combined with ``options.combine``.
+            negative_prompts: prompts (of any kind) whose maps are subtracted from the result.
             options: a :class:`~textmask.postprocess.MaskOptions`; keyword overrides such as
                 ``threshold=0.4, blur=2, grow=4, invert=True, normalize="minmax"`` replace its fields.
             output_size, batch_size, progress, output_device: as for :meth:`predict`.
@@ -359,7 +419,7 @@ class Segmenter:
             ``[H, W]`` for a list input, ``[H, W]`` for a single image.
         """
         options = MaskOptions.from_kwargs(options, **option_overrides)
-        if isinstance(negative_prompts, str):
+        if is_single_prompt(negative_prompts):
             negative_prompts = [negative_prompts]
         return self._run(
             images, prompts, tuple(negative_prompts), options, output_size, batch_size, progress, output_device, True
@@ -368,8 +428,8 @@ class Segmenter:
     def _run(
         self,
         images: Any,
-        prompts: str | Sequence[str],
-        negative: tuple[str, ...],
+        prompts: PromptLike | Sequence[PromptLike],
+        negative: tuple[PromptLike, ...],
         options: MaskOptions,
         output_size: tuple[int, int] | None,
         batch_size: int | None,
@@ -377,9 +437,11 @@ class Segmenter:
         output_device: str | torch.device,
         finish: bool,
     ) -> torch.Tensor | list[torch.Tensor]:
-        single_prompt = isinstance(prompts, str)
-        positive = [prompts] if single_prompt else list(prompts)
-        embeddings = self.encode_prompts(positive + list(negative))
+        single_prompt = is_single_prompt(prompts)
+        positive = as_prompt_list(prompts, "prompts")
+        embeddings = self.encode_prompts(positive)
+        if negative:
+            embeddings = torch.cat([embeddings, self.encode_prompts(list(negative), "negative_prompts")])
         batch = as_image_batch(images)
         if output_size is not None:
             output_size = (int(output_size[0]), int(output_size[1]))
