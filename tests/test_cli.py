@@ -367,3 +367,28 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path: Path):
     with atomic_path(target) as temporary:
         temporary.write_bytes(b"new")
     assert target.read_bytes() == b"new"
+
+
+def test_out_of_memory_stops_with_a_clear_error(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import textmask.jobs
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+
+    def no_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(textmask.jobs, "target_masks", no_memory)
+    result = invoke(
+        "mask", str(tmp_path / "a.png"), "-p", "cat", "--model", str(tiny_model_dir), "-o", str(tmp_path / "o")
+    )
+    assert result.exit_code == 3 and "out of memory" in result.stderr and "Traceback" not in result.stderr
+    assert files_in(tmp_path / "o") == set()
+
+
+def test_quiet_prints_nothing_on_success(tiny_model_dir: Path, tmp_path: Path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    result = invoke(
+        "mask", str(tmp_path / "a.png"), "-p", "cat", "--model", str(tiny_model_dir), "-o", str(tmp_path / "o"), "-q"
+    )
+    assert result.exit_code == 0 and result.stdout == ""
+    assert (tmp_path / "o" / "a.cat.png").is_file()

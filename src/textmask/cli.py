@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -300,6 +301,13 @@ def mask_command(
             if as_json:
                 click.echo(json.dumps({**summary, "interrupted": True, "exit_code": EXIT_INTERRUPTED}))
             sys.exit(EXIT_INTERRUPTED)
+        except click.ClickException:
+            raise
+        except Exception as exc:  # a bug, not a bad input: one line, the traceback on request
+            if os.environ.get("TEXTMASK_DEBUG"):
+                raise
+            _err(f"unexpected error: {type(exc).__name__}: {exc} (TEXTMASK_DEBUG=1 shows the traceback)")
+            sys.exit(EXIT_CANNOT_RUN)
         report.ignored = discovery.ignored
         summary["warnings"] = caught.messages
     code = _exit_code(report)
@@ -432,14 +440,18 @@ def download_command(model: str, cache_dir: str | None, as_json: bool) -> None:
 
             try:
                 folder = Path(snapshot_download(model, cache_dir=cache_dir, allow_patterns=_HUB_PATTERNS))
+                action = "downloaded (or already complete)"
             except Exception as exc:
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                _err(
-                    f"could not download {model!r} ({reason}). Check the model id and the network (proxy: "
-                    "HTTPS_PROXY); on an offline machine copy a model folder over and pass its path as --model."
-                )
-                sys.exit(EXIT_CANNOT_RUN)
-            action = "downloaded"
+                try:  # the hub is unreachable, but a complete copy may already be here
+                    folder = locate_model(model, cache_dir=cache_dir, download=False)
+                except TextmaskError:
+                    _err(
+                        f"could not download {model!r} ({reason}). Check the model id and the network (proxy: "
+                        "HTTPS_PROXY); on an offline machine copy a model folder over and pass its path as --model."
+                    )
+                    sys.exit(EXIT_CANNOT_RUN)
+                action = f"already present (the hub could not be reached: {reason})"
         checked = _verify_model(folder)
     except TextmaskError as exc:
         _err(str(exc))

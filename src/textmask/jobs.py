@@ -42,6 +42,11 @@ log = logging.getLogger("textmask")
 ProgressCallback = Callable[[int, int], None]
 """``progress(done, total)`` in units (an image or a video frame) after each chunk."""
 
+_OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
+    error
+    for error in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+    if error
+) or (MemoryError,)
 # Errors that mean the output folder cannot take more files: stop the run instead of failing every input.
 _FATAL_ERRNOS = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
@@ -261,7 +266,7 @@ def run_job(
     stop = should_stop or (lambda: False)
     report = Report(inputs=len(items))
     table = job.table
-    images: list[tuple[InputItem, list[PlannedOutput]]] = []
+    images: list[InputItem] = []  # pending images; their outputs are planned again per chunk (memory stays flat)
     videos: list[tuple[InputItem, list[PlannedOutput], Any]] = []
     failures_seen = 0
 
@@ -279,7 +284,7 @@ def run_job(
         if not outputs:
             report.skipped += 1
         elif item.kind == "image":
-            images.append((item, outputs))
+            images.append(item)
         else:
             videos.append((item, outputs, None))
 
@@ -298,7 +303,7 @@ def run_job(
     total = len(images) + sum(max(1, info.frames) for _, _, info in videos)
     done = 0
     step = max(1, int(job.batch_size))
-    chunks = [images[i : i + step] for i in range(0, len(images), step)]
+    starts = range(0, len(images), step)
 
     def report_progress(count: int) -> None:
         nonlocal done
@@ -309,18 +314,20 @@ def run_job(
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="textmask-read") as reader:
 
-            def read_chunk(chunk: list[tuple[InputItem, list[PlannedOutput]]]) -> list[LoadedImage | Failure]:
-                return [_load(item) for item, _ in chunk]
+            def read_chunk(start: int) -> tuple[list[tuple[InputItem, list[PlannedOutput]]], list[Any]]:
+                chunk = [(item, job.plan(item)) for item in images[start : start + step]]
+                return chunk, [_load(item) if outputs else None for item, outputs in chunk]
 
-            upcoming: Future | None = reader.submit(read_chunk, chunks[0]) if chunks else None
-            for index, chunk in enumerate(chunks):
+            upcoming: Future | None = reader.submit(read_chunk, 0) if images else None
+            for start in starts:
                 if stop():
                     if upcoming is not None:
                         upcoming.cancel()
                     raise Interrupted
                 assert upcoming is not None
-                loaded = upcoming.result()
-                upcoming = reader.submit(read_chunk, chunks[index + 1]) if index + 1 < len(chunks) else None
+                chunk, loaded = upcoming.result()
+                following = start + step
+                upcoming = reader.submit(read_chunk, following) if following < len(images) else None
                 _mask_chunk(session, chunk, loaded, table, job, report)
                 flush_failures()
                 report_progress(len(chunk))
@@ -350,6 +357,11 @@ def run_job(
         report.interrupted = True
     except OutputError as exc:
         report.fatal = str(exc)
+    except _OOM_ERRORS as exc:  # the engine already retried with halved batches down to one image
+        report.fatal = (
+            f"out of memory on {getattr(session, 'device', 'the device')} even one image at a time "
+            f"({_one_line(exc)}); try smaller inputs, --dtype fast, or --device cpu"
+        )
     report.seconds = time.perf_counter() - started
     flush_failures()
     return report
@@ -358,13 +370,14 @@ def run_job(
 def _mask_chunk(
     session: Any,
     chunk: list[tuple[InputItem, list[PlannedOutput]]],
-    loaded: list[LoadedImage | Failure],
+    loaded: list[LoadedImage | Failure | None],
     table: PromptTable,
     job: MaskJob,
     report: Report,
 ) -> None:
     ready = [(item, outputs, image) for (item, outputs), image in zip(chunk, loaded) if isinstance(image, LoadedImage)]
     report.failures.extend(image for image in loaded if isinstance(image, Failure))
+    report.skipped += sum(image is None for image in loaded)  # finished meanwhile (e.g. by a parallel run)
     if not ready:
         return
     try:
