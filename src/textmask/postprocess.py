@@ -250,3 +250,34 @@ def finish_masks(positive: torch.Tensor, negative: torch.Tensor | None, options:
     if options.invert:
         mask = invert(mask)
     return mask
+
+
+# -------------------------------------------------------------------------------------------- time
+def smooth_temporal(
+    maps: torch.Tensor, strength: float, previous: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Exponential moving average over the first (time) axis, to cut frame-to-frame flicker in video masks.
+
+    ``out[t] = (1 - strength) * maps[t] + strength * out[t - 1]``, with ``out[-1] = previous`` (or
+    ``maps[0]`` when there is none), so a long video can be smoothed chunk by chunk with the same result
+    as in one piece.
+
+    Args:
+        maps: ``[T, ...]`` (e.g. ``[T, P, H, W]`` per-prompt maps of T consecutive frames), in [0, 1].
+        strength: in [0, 1); 0 returns ``maps`` unchanged, 0.5 is mild, 0.8 strong (lags on fast motion).
+        previous: the last smoothed frame of the previous chunk, ``maps.shape[1:]``, or None.
+
+    Returns:
+        ``(smoothed [T, ...], last smoothed frame to pass as ``previous`` for the next chunk)``.
+    """
+    strength = float(strength)
+    if not 0.0 <= strength < 1.0:
+        raise ValueError(f"smoothing strength: must be in [0, 1), got {strength}")
+    if strength == 0.0 or maps.shape[0] == 0:
+        return maps, (maps[-1] if maps.shape[0] else previous)
+    out = torch.empty_like(maps)
+    state = maps[0] if previous is None else previous.to(device=maps.device, dtype=maps.dtype)
+    for t in range(maps.shape[0]):  # sequential by nature; each step is one batched op over [...]
+        state = torch.lerp(maps[t], state, strength)
+        out[t] = state
+    return out, state
