@@ -311,9 +311,6 @@ def test_info_and_download(tiny_model_dir: Path, tmp_path: Path, monkeypatch: py
 
     weights = snapshot / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # truncated download
-    from textmask.model import clear_model_cache
-
-    clear_model_cache()
     broken = invoke("download", "acme/tiny-clipseg", "--dir", str(cache))
     assert broken.exit_code == 3 and "could not be loaded" in broken.stderr
 

@@ -481,10 +481,12 @@ def _verify_model(folder: Path) -> str:
     """Load weights and tokenizer from ``folder`` and run one tiny mask; raise TextmaskError if anything fails."""
     import numpy as np
 
-    import textmask
+    from textmask.engine import Segmenter
     from textmask.errors import ModelLoadError
+    from textmask.model import load_model
 
-    session = textmask.load(str(folder), device="cpu", dtype="float32", download=False)
+    # A fresh load, not the process-wide cache: the point is to check the files as they are on disk now.
+    session = Segmenter(load_model(str(folder), device="cpu", dtype="float32", download=False, reuse=False))
     mask = session.mask(np.zeros((32, 32, 3), dtype=np.uint8), "a cat")
     if tuple(mask.shape) != (32, 32) or not bool(mask.isfinite().all()):
         raise ModelLoadError(f"model folder {folder}: loads, but a test mask came out wrong ({tuple(mask.shape)})")

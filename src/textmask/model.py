@@ -421,6 +421,7 @@ def load_model(
     cache_dir: str | Path | None = None,
     allow_pickle: bool = False,
     download: bool = True,
+    reuse: bool = True,
 ) -> LoadedModel:
     """Load a CLIPSeg model once per (source, device, dtype) per process; later calls return the same object.
 
@@ -431,12 +432,14 @@ def load_model(
         cache_dir: Hugging Face cache folder to look in / download to (ComfyUI: ``models/clipseg``).
         allow_pickle: also load ``pytorch_model.bin`` (pickle) weights. Only for sources you trust.
         download: allow a download when the weights are not cached.
+        reuse: return the process-wide cached object when there is one, and cache a new one. False loads
+            from disk afresh and caches nothing (to verify the files as they are now).
     """
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
     key = (str(source), str(cache_dir or ""), str(resolved_device), str(resolved_dtype), allow_pickle)
     with _CACHE_LOCK:
-        cached = _CACHE.get(key)
+        cached = _CACHE.get(key) if reuse else None
         if cached is not None:
             return cached
         folder = locate_model(source, cache_dir=cache_dir, download=download)
@@ -450,7 +453,8 @@ def load_model(
             device=resolved_device,
             dtype=resolved_dtype,
         )
-        _CACHE[key] = loaded
+        if reuse:
+            _CACHE[key] = loaded
         return loaded
 
 
