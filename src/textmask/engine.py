@@ -482,3 +482,40 @@ def load(
     if session is None or session.loaded is not loaded:
         session = _SESSIONS[id(loaded)] = Segmenter(loaded)
     return session
+
+
+_HF_SESSIONS: OrderedDict[tuple[int, str, str], tuple[Any, Segmenter]] = OrderedDict()
+_HF_SESSIONS_MAX = 4
+
+
+def session_from_hf(
+    processor: Any,
+    model: Any,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> Segmenter:
+    """A :class:`Segmenter` over a ``(CLIPSegProcessor, CLIPSegForImageSegmentation)`` pair loaded elsewhere
+    (e.g. another ComfyUI pack's loader).
+
+    The caller's model is never changed: it is used as is when it already sits on ``device`` in ``dtype``,
+    otherwise a copy is moved there (``segmenter.model is not model`` tells which). Sessions are cached per
+    (model object, device, dtype); the last few are kept.
+
+    Args:
+        processor: its tokenizer and image-processor settings (size, resample, mean, std, rescale) are used.
+        model: the CLIPSeg model.
+        device: target device (None: the model's own).
+        dtype: target dtype (None: the model's own).
+    """
+    from .model import adopt_model
+
+    key = (id(model), str(device), str(dtype))
+    cached = _HF_SESSIONS.get(key)
+    if cached is not None and cached[0] is model and cached[1].tokenizer is getattr(processor, "tokenizer", None):
+        _HF_SESSIONS.move_to_end(key)
+        return cached[1]
+    session = Segmenter(adopt_model(processor, model, device=device, dtype=dtype))
+    _HF_SESSIONS[key] = (model, session)
+    while len(_HF_SESSIONS) > _HF_SESSIONS_MAX:
+        _HF_SESSIONS.popitem(last=False)
+    return session
