@@ -12,11 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from comfy_stubs import InterruptProcessingException, make_stubs
-from PIL import Image
+from seed_reference import seed_reference
 
 from textmask.comfy import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, runtime
 from textmask.comfy.nodes import (
@@ -80,41 +79,6 @@ def smooth_images(count: int, height: int, width: int, seed: int = 0) -> torch.T
     coarse = torch.rand((count, 3, 6, 8), generator=generator)
     full = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
     return full.clamp(0, 1).permute(0, 2, 3, 1).contiguous()
-
-
-# ------------------------------------------------------------ reference: the seed node's algorithm
-def tensor2pil(t: torch.Tensor) -> Image.Image:
-    return Image.fromarray(np.clip(255.0 * t.cpu().numpy().squeeze(), 0, 255).astype(np.uint8))
-
-
-def pil2tensor(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.array(image).astype(np.float32) / 255.0).unsqueeze(0)
-
-
-def image2mask(t: torch.Tensor) -> torch.Tensor:
-    return t[..., 0] * 0.299 + t[..., 1] * 0.587 + t[..., 2] * 0.114
-
-
-def seed_reference(images, text, clipseg_model):
-    """SaltCLIPSegMasking.CLIPSeg_image as published, with the model passed in (no per-image reload)."""
-    processor, model = clipseg_model
-    masks, image_masks, master_size = [], [], None
-    for image in images:
-        image = tensor2pil(image)
-        if not master_size:
-            master_size = image.size
-        with torch.no_grad():
-            result = model(**processor(text=text, images=image, padding=True, return_tensors="pt"))
-        assert tuple(result[0].shape) in ((352, 352), (1, 352, 352))  # both shapes transformers versions give
-        tensor = torch.sigmoid(result[0])
-        mask = (tensor - tensor.min()) / tensor.max()
-        mask = mask.unsqueeze(0)
-        mask = tensor2pil(mask)
-        mask = mask.resize(master_size)
-        mask_image_tensor = pil2tensor(mask.convert("RGB"))
-        masks.append(image2mask(mask_image_tensor))
-        image_masks.append(mask_image_tensor)
-    return torch.cat(masks, dim=0), torch.cat(image_masks, dim=0)
 
 
 def assert_matches_seed(images, text, clipseg_model, node_model="same"):

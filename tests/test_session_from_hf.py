@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -21,16 +23,51 @@ def test_same_results_as_loading_the_folder(reference, tiny_session):
     processor, model = reference
     session = session_from_hf(processor, model)
     assert session.model is model  # already on the CPU in float32: used as is
-    assert session.preprocess_config == tiny_session.preprocess_config
+    if session.preprocess_config.backend != "pil":
+        pytest.skip("this transformers resizes with torchvision; the folder session uses Pillow")
     images = _images()
     prompts = ["a striped cat on a sofa", "a small brown dog"]  # used nowhere else: both encode the same batch
     assert torch.equal(session.predict(images, prompts), tiny_session.predict(images, prompts))
 
 
+def _image_processor_class(name: str):
+    import transformers
+
+    try:
+        return getattr(transformers, name)
+    except (AttributeError, ImportError):  # e.g. a torchvision processor without torchvision
+        return None
+
+
+@pytest.mark.parametrize("name", ["ViTImageProcessor", "ViTImageProcessorPil", "ViTImageProcessorFast"])
+def test_pixels_are_bit_identical_to_the_processors_own(name, reference, tiny_model_dir):
+    """Whichever backend the processor uses (Pillow or torchvision), the model gets the very same pixels."""
+    cls = _image_processor_class(name)
+    if cls is None:
+        pytest.skip(f"transformers has no usable {name} here")
+    from transformers import CLIPSegProcessor
+
+    tokenizer, model = reference[0].tokenizer, reference[1]
+    try:
+        image_processor = cls.from_pretrained(str(tiny_model_dir))
+        processor = CLIPSegProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    except Exception as exc:  # e.g. torchvision missing
+        pytest.skip(f"{name} unusable here: {exc}")
+    session = session_from_hf(processor, model)
+    for height, width in [(72, 96), (500, 90), (352, 352), (31, 700)]:
+        image = (_images(1, height, width)[0] * 255).to(torch.uint8)
+        expected = processor.image_processor(images=image.numpy(), return_tensors="pt")["pixel_values"]
+        ours = session.preprocess([image.permute(2, 0, 1)])
+        assert torch.equal(ours, expected), (name, session.preprocess_config.backend, height, width)
+
+
 def test_settings_come_from_the_image_processor(reference, tiny_model_dir):
     processor, _ = reference
     config = PreprocessConfig.from_image_processor(processor.image_processor)
-    assert config == PreprocessConfig.from_folder(tiny_model_dir)
+    bases = {c.__name__ for c in type(processor.image_processor).__mro__}
+    torchvision = bool(bases & {"TorchvisionBackend", "BaseImageProcessorFast"})
+    assert config.backend == ("torchvision" if torchvision else "pil")
+    assert replace(config, backend="pil") == PreprocessConfig.from_folder(tiny_model_dir)
     assert config.size == (352, 352) and config.resample == "bilinear"
     assert PreprocessConfig.from_mapping({"size": {"shortest_edge": 224}, "resample": 3}).size == (224, 224)
     assert PreprocessConfig.from_mapping({"resample": 3}).resample == "bicubic"
@@ -45,7 +82,7 @@ def test_logits_match_the_transformers_forward_whatever_its_shape(reference):
         logits = model(**processor(text="a cat", images=image, padding=True, return_tensors="pt")).logits
     assert tuple(logits.shape) in ((352, 352), (1, 352, 352))
     ours = session.decode(session.encode_images(image[None]), session.encode_prompts("a cat"))
-    assert torch.allclose(ours[0, 0], logits.reshape(352, 352), atol=1e-4)
+    assert torch.allclose(ours[0, 0], logits.reshape(352, 352), rtol=1e-4, atol=1e-4)
 
 
 def test_cached_per_model_device_and_dtype_and_never_changes_the_callers_model(reference):

@@ -23,7 +23,7 @@ import re
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,7 @@ class PreprocessConfig:
     do_resize: bool = True
     do_rescale: bool = True
     do_normalize: bool = True
+    backend: str = "pil"  # "torchvision": transformers' torchvision image processors (see from_image_processor)
 
     @classmethod
     def from_folder(cls, folder: Path) -> PreprocessConfig:
@@ -165,7 +166,13 @@ class PreprocessConfig:
         names = ("size", "resample", "rescale_factor", "image_mean", "image_std", "do_resize", "do_rescale")
         raw = {name: getattr(image_processor, name) for name in (*names, "do_normalize")}
         raw = {name: value for name, value in raw.items() if value is not None}
-        return cls.from_mapping(raw, type(image_processor).__name__)
+        config = cls.from_mapping(raw, type(image_processor).__name__)
+        # transformers 5 (with torchvision installed) and the 4.x "fast" processors resize with torchvision
+        # and normalize in float32; the others resize with Pillow. Follow whichever this processor uses.
+        bases = {base.__name__ for base in type(image_processor).__mro__}
+        if bases & {"TorchvisionBackend", "BaseImageProcessorFast"}:
+            config = replace(config, backend="torchvision")
+        return config
 
 
 # ----------------------------------------------------------------------------------- random models

@@ -107,7 +107,7 @@ def resolve_model(name: str) -> Path:
         textmask.errors.ModelNotFoundError: saying where it looked and how to get the weights.
     """
     from ..errors import ModelNotFoundError
-    from ..model import locate_model
+    from ..model import _hub_offline, locate_model
 
     name = str(name).strip() or DEFAULT_MODEL
     roots = clipseg_folders()
@@ -134,12 +134,14 @@ def resolve_model(name: str) -> Path:
     try:
         return locate_model(name, cache_dir=target, download=True)
     except ModelNotFoundError as exc:
+        offline = _hub_offline()
+        why = "HF_HUB_OFFLINE is set, so nothing is downloaded" if offline else f"the download failed ({exc})"
         where = ", ".join(str(r) for r in roots) or "(not running in ComfyUI)"
         dest = target or "ComfyUI/models/clipseg"
         raise ModelNotFoundError(
             f"CLIPSeg model {name!r} was not found in ComfyUI's clipseg model folders ({where}) nor in the "
-            f"default Hugging Face cache, and it could not be downloaded now. To get it, on a machine with "
-            f"internet run `huggingface-cli download {name} --cache-dir {dest}` and copy that folder here, or put "
+            f"default Hugging Face cache, and {why}. To get it: on a machine with internet run "
+            f"`huggingface-cli download {name} --cache-dir {dest}` (and copy that folder here if needed), or put "
             f"a model folder (config.json, model.safetensors, vocab.json, merges.txt) into {dest}/<name> and pick "
-            f"it in the 'CLIPSeg Model Loader (textmask)' node. ({exc})"
+            "it in the 'CLIPSeg Model Loader (textmask)' node."
         ) from None

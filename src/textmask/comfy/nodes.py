@@ -125,6 +125,10 @@ class TextmaskCLIPSegLoader:
     RETURN_NAMES = ("clipseg_model",)
     FUNCTION = "load"
     CATEGORY = "textmask/loaders"
+    DESCRIPTION = (
+        "Loads a CLIPSeg model from ComfyUI/models/clipseg (or the default hub id) once per process. The output "
+        "also works with SaltAI's and WAS Node Suite's CLIPSeg nodes."
+    )
 
     def load(self, model: str, device: str = "auto", dtype: str = "auto") -> tuple[Any]:
         from . import runtime
@@ -197,6 +201,10 @@ class TextmaskCLIPSegMasking:
     RETURN_NAMES = ("mask", "mask_image", "heatmap")
     FUNCTION = "mask"
     CATEGORY = "textmask/masking"
+    DESCRIPTION = (
+        "Masks what the prompts describe (one per line), minus the negative prompts; then threshold, grow/shrink, "
+        "blur, invert. Outputs the mask, a black-and-white image of it and a heat-map preview."
+    )
 
     def mask(
         self,

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..engine import Segmenter, load, session_from_hf
+from ..engine import Segmenter, session_from_hf
 from ..errors import InputError, ModelLoadError, PromptError
 from ..model import DTYPES, load_model
 from .folders import DEFAULT_MODEL, comfy_module, resolve_model
@@ -132,31 +132,34 @@ def segmenter_for(clipseg_model: Any = None) -> Segmenter:
     """The session a node runs on, on ComfyUI's device and loaded there through ComfyUI's model management.
 
     * None: the default model (``CIDAS/clipseg-rd64-refined`` from ``models/clipseg``), float32, loaded once.
-    * a :class:`ClipsegModel` from textmask's loaders: its folder, on its device/dtype choice.
+    * a :class:`ClipsegModel` from textmask's loaders: on its device/dtype choice.
     * any other ``(processor, model)`` pair (SaltAI, WAS, hand-made): used as is, or a copy moved to
       ComfyUI's device; the caller's model is never changed.
+
+    Pixels are prepared as the pair's processor prepares them (Pillow or torchvision, whichever the installed
+    transformers uses), so the masks equal what the seed node computes with the same processor and model.
     """
     check_transformers()
     if clipseg_model is None:
-        device = comfy_device("auto")
-        segmenter, owned = load(str(resolve_model(DEFAULT_MODEL)), device=device, dtype=torch.float32), True
-    elif isinstance(clipseg_model, ClipsegModel) and clipseg_model.folder is not None:
-        device = comfy_device(clipseg_model.device)
-        dtype = comfy_dtype(clipseg_model.dtype, device)
-        segmenter, owned = load(str(clipseg_model.folder), device=device, dtype=dtype), True
+        clipseg_model, ours = load_pair(DEFAULT_MODEL, device="auto", dtype="float32"), True
     else:
+        ours = isinstance(clipseg_model, ClipsegModel) and clipseg_model.folder is not None
         if not isinstance(clipseg_model, (tuple, list)) or len(clipseg_model) != 2:
             raise ModelLoadError(
                 "clipseg_model: expected a (CLIPSegProcessor, CLIPSegForImageSegmentation) pair from a CLIPSeg "
                 f"loader node, got {type(clipseg_model).__name__}"
             )
-        processor, model = clipseg_model
-        try:
-            segmenter = session_from_hf(processor, model, device=comfy_device("auto"))
-        except ModelLoadError as exc:
-            raise ModelLoadError(f"clipseg_model: {exc}") from None
-        owned = segmenter.model is not model
-    if owned:
+    processor, model = clipseg_model
+    if ours:
+        device = comfy_device(clipseg_model.device)
+        dtype: torch.dtype | None = comfy_dtype(clipseg_model.dtype, device)
+    else:
+        device, dtype = comfy_device("auto"), None  # a foreign model keeps its dtype
+    try:
+        segmenter = session_from_hf(processor, model, device=device, dtype=dtype)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"clipseg_model: {exc}") from None
+    if ours or segmenter.model is not model:  # never manage a model another pack still uses as it is
         _load_into_comfy(segmenter)
     return segmenter
 
