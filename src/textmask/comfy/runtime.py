@@ -186,17 +186,23 @@ def _load_into_comfy(segmenter: Segmenter) -> None:
     patcher_module = comfy_module("comfy.model_patcher")
     if mm is None or patcher_module is None:
         return
-    with _LOCK:
-        entry = _PATCHERS.get(id(segmenter))
-        if entry is None or entry[0] is not segmenter:
-            holder = _holder_class()(segmenter.model, segmenter.device)
-            offload = segmenter.device if segmenter.device.type == "cpu" else mm.text_encoder_offload_device()
-            patcher = patcher_module.ModelPatcher(holder, load_device=segmenter.device, offload_device=offload)
-            entry = _PATCHERS[id(segmenter)] = (segmenter, patcher)
-            while len(_PATCHERS) > _PATCHERS_MAX:
-                _PATCHERS.popitem(last=False)
-        _PATCHERS.move_to_end(id(segmenter))
-    mm.load_models_gpu([entry[1]], force_full_load=True)
+    try:
+        with _LOCK:
+            entry = _PATCHERS.get(id(segmenter))
+            if entry is None or entry[0] is not segmenter:
+                holder = _holder_class()(segmenter.model, segmenter.device)
+                offload = segmenter.device if segmenter.device.type == "cpu" else mm.text_encoder_offload_device()
+                patcher = patcher_module.ModelPatcher(holder, load_device=segmenter.device, offload_device=offload)
+                entry = _PATCHERS[id(segmenter)] = (segmenter, patcher)
+                while len(_PATCHERS) > _PATCHERS_MAX:
+                    _PATCHERS.popitem(last=False)
+            _PATCHERS.move_to_end(id(segmenter))
+        mm.load_models_gpu([entry[1]], force_full_load=True)
+    except Exception as exc:  # a ComfyUI whose model management differs: run unmanaged rather than not at all
+        if type(exc).__name__ == "InterruptProcessingException":
+            raise
+        log.warning("textmask: ComfyUI model management failed; running CLIPSeg unmanaged", exc_info=True)
+        segmenter.model.to(segmenter.device)
 
 
 # ------------------------------------------------------------------------------------- conversion
