@@ -227,6 +227,43 @@ def test_a_missing_model_fails_the_node_with_a_clear_message(comfyui):
     assert "models/clipseg" in errors[0]["exception_message"]
 
 
+def test_cancel_stops_the_node_between_chunks(comfyui):
+    """POST /interrupt while a long batch runs: ComfyUI stops our node (the progress hook raises)."""
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+        "2": {
+            "class_type": "ImageScale",
+            "inputs": {"image": ["1", 0], "upscale_method": "bilinear", "width": 64, "height": 64, "crop": "disabled"},
+        },
+        "3": {"class_type": "RepeatImageBatch", "inputs": {"image": ["2", 0], "amount": 4096}},
+        "4": {
+            "class_type": "TextmaskCLIPSegMasking",
+            "inputs": {
+                "images": ["3", 0], "prompts": "a long run", "negative_prompts": "", "combine": "union",
+                "normalize": "minmax", "threshold": 0.0, "blur": 0.0, "grow": 0, "invert": False, "batch_size": 1,
+            },
+        },
+        "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 1], "filename_prefix": "textmask/long"}},
+    }  # fmt: skip
+    answer = _request(f"{comfyui.url}/prompt", {"prompt": prompt, "client_id": "textmask-test"})
+    prompt_id = answer["prompt_id"]
+    deadline = time.monotonic() + 60
+    while not _request(f"{comfyui.url}/queue")["queue_running"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.5)
+    _request(f"{comfyui.url}/interrupt", {})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        history = _request(f"{comfyui.url}/history/{prompt_id}")
+        if history and prompt_id in history:
+            break
+        time.sleep(0.2)
+    status = history[prompt_id]["status"]
+    interrupted = [m[1] for m in status["messages"] if m[0] == "execution_interrupted"]
+    assert status["status_str"] == "error" and interrupted, status
+    assert interrupted[0]["node_type"] == "TextmaskCLIPSegMasking"
+
+
 def _ui_to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str, Any]:
     """What ComfyUI's frontend queues for a saved UI workflow (links + widget values), for plain nodes."""
     links = {link[0]: link for link in workflow["links"]}
