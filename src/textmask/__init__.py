@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load": "textmask.engine",
     "Segmenter": "textmask.engine",
+    "session_from_hf": "textmask.engine",
     "ImageFeatures": "textmask.engine",
     "MaskOptions": "textmask.postprocess",
     "load_model": "textmask.model",
@@ -41,7 +42,7 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine import ImageFeatures, Segmenter, load
+    from .engine import ImageFeatures, Segmenter, load, session_from_hf
     from .errors import InputError, ModelLoadError, ModelNotFoundError, PromptError, TextmaskError
     from .images import load_image
     from .model import DEFAULT_MODEL, clear_model_cache, load_model, locate_model

@@ -119,9 +119,12 @@ class Segmenter:
         """``[3, 256]`` float32: the pixel value of each 8-bit level per channel.
 
         Computed with the processor's own arithmetic (scale in float64, cast to float32, then
-        ``(x - mean) / std`` in float32), so a lookup gives bit-identical pixel values.
+        ``(x - mean) / std`` in float32; for torchvision processors, ``(x - mean/scale) / (std/scale)`` in
+        float32), so a lookup gives bit-identical pixel values.
         """
         config = self.preprocess_config
+        if config.backend == "torchvision":
+            return _torchvision_pixel_table(config)
         levels = np.arange(256, dtype=np.float64)
         values = (levels * config.rescale_factor if config.do_rescale else levels).astype(np.float32)
         values = np.broadcast_to(values, (3, 256))
@@ -149,7 +152,9 @@ class Segmenter:
             by_size.setdefault(tuple(image.shape[-2:]), []).append(index)
         for size, indices in by_size.items():
             group = torch.stack([levels[i] for i in indices]).to(self.device, non_blocking=True)
-            if config.do_resize and size != (height, width):
+            if config.do_resize and config.backend == "torchvision":
+                group = _torchvision_resize(group, (height, width), config.resample)
+            elif config.do_resize and size != (height, width):
                 group = pil_resize(group, (height, width), config.resample)
             elif size != (height, width):
                 raise ValueError(f"the model needs {height}×{width} images, got {size} and do_resize=False")
@@ -579,4 +584,65 @@ def load(
     session = _SESSIONS.get(id(loaded))
     if session is None or session.loaded is not loaded:
         session = _SESSIONS[id(loaded)] = Segmenter(loaded)
+    return session
+
+
+def _torchvision_pixel_table(config: Any) -> torch.Tensor:
+    """``[3, 256]`` pixel values as transformers' torchvision processors compute them (fused rescale+normalize)."""
+    levels = torch.arange(256, dtype=torch.float32).expand(3, 256)
+    if config.do_rescale and config.do_normalize:
+        mean = torch.tensor(config.mean) * (1.0 / config.rescale_factor)
+        std = torch.tensor(config.std) * (1.0 / config.rescale_factor)
+        return ((levels - mean[:, None]) / std[:, None]).contiguous()
+    if config.do_normalize:
+        mean, std = torch.tensor(config.mean), torch.tensor(config.std)
+        return ((levels - mean[:, None]) / std[:, None]).contiguous()
+    return (levels * config.rescale_factor if config.do_rescale else levels).contiguous()
+
+
+def _torchvision_resize(group: torch.Tensor, size: tuple[int, int], resample: str) -> torch.Tensor:
+    """uint8 ``[n, 3, H, W]`` resized as transformers' torchvision processors do (on the CPU, as they do)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as tvF
+
+    mode = InterpolationMode.BICUBIC if resample == "bicubic" else InterpolationMode.BILINEAR
+    resized = tvF.resize(group.cpu(), list(size), interpolation=mode, antialias=True)
+    return resized.to(group.device)
+
+
+_HF_SESSIONS: OrderedDict[tuple[int, int, str, str], tuple[Any, Any, Segmenter]] = OrderedDict()
+_HF_SESSIONS_MAX = 4
+
+
+def session_from_hf(
+    processor: Any,
+    model: Any,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> Segmenter:
+    """A :class:`Segmenter` over a ``(CLIPSegProcessor, CLIPSegForImageSegmentation)`` pair loaded elsewhere
+    (e.g. another ComfyUI pack's loader).
+
+    Pixels are prepared as this processor prepares them (Pillow, or torchvision for transformers' torchvision
+    image processors), bit for bit. The caller's model is never changed: it is used as is when it already
+    sits on ``device`` in ``dtype``, otherwise a copy is moved there (``segmenter.model is not model`` tells
+    which). Sessions are cached per (processor, model, device, dtype); the last few are kept.
+
+    Args:
+        processor: its tokenizer and image-processor settings (size, resample, mean, std, rescale) are used.
+        model: the CLIPSeg model.
+        device: target device (None: the model's own).
+        dtype: target dtype (None: the model's own).
+    """
+    from .model import adopt_model
+
+    key = (id(model), id(processor), str(device), str(dtype))
+    cached = _HF_SESSIONS.get(key)
+    if cached is not None and cached[0] is model and cached[1] is processor:
+        _HF_SESSIONS.move_to_end(key)
+        return cached[2]
+    session = Segmenter(adopt_model(processor, model, device=device, dtype=dtype))
+    _HF_SESSIONS[key] = (model, processor, session)
+    while len(_HF_SESSIONS) > _HF_SESSIONS_MAX:
+        _HF_SESSIONS.popitem(last=False)
     return session

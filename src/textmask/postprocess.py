@@ -281,3 +281,49 @@ def smooth_temporal(
         state = torch.lerp(maps[t], state, strength)
         out[t] = state
     return out, state
+
+
+# ------------------------------------------------------------------------------------------ previews
+def heatmap_colors(mask: torch.Tensor) -> torch.Tensor:
+    """Colour a mask with a jet-like map (0 → dark blue, 0.5 → green, 1 → dark red).
+
+    Args:
+        mask: ``[..., H, W]`` in [0, 1].
+
+    Returns:
+        ``[..., H, W, 3]`` RGB in [0, 1].
+    """
+    x = mask.clamp(0.0, 1.0)[..., None]
+    centres = torch.tensor([0.75, 0.5, 0.25], dtype=x.dtype, device=x.device)  # R, G, B peaks
+    return (1.5 - (4.0 * (x - centres)).abs()).clamp(0.0, 1.0)
+
+
+def heatmap_overlay(images: torch.Tensor, masks: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """Blend a heat-map of ``masks`` over ``images`` for previews: ``(1 - alpha) image + alpha colour(mask)``.
+
+    Args:
+        images: ``[B, H, W, C]`` float in [0, 1], C = 1 (grey), 3 (RGB) or 4 (alpha is dropped).
+        masks: ``[B, H, W]`` or ``[H, W]`` in [0, 1]; resized (bilinear) to the images' size if it differs; a
+            batch of one is repeated over the images and vice versa.
+        alpha: weight of the heat-map in [0, 1].
+
+    Returns:
+        ``[max(B_images, B_masks), H, W, 3]`` float32 in [0, 1].
+    """
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha: must be in [0, 1], got {alpha}")
+    if images.dim() != 4:
+        raise ValueError(f"images: expected [B, H, W, C], got shape {list(images.shape)}")
+    rgb = images[..., :3].float() if images.shape[-1] >= 3 else images[..., :1].float().expand(-1, -1, -1, 3)
+    masks = masks.float().reshape(-1, masks.shape[-2], masks.shape[-1]).to(rgb.device)
+    height, width = rgb.shape[1:3]
+    if tuple(masks.shape[-2:]) != (height, width):
+        masks = F.interpolate(masks[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+    if masks.shape[0] != rgb.shape[0]:
+        if masks.shape[0] != 1 and rgb.shape[0] != 1:
+            raise ValueError(f"masks: batch of {masks.shape[0]} does not match images batch of {rgb.shape[0]}")
+        count = max(masks.shape[0], rgb.shape[0])
+        masks = masks.expand(count, -1, -1)
+        rgb = rgb.expand(count, -1, -1, -1)
+    blended = (1.0 - alpha) * rgb + alpha * heatmap_colors(masks)
+    return blended.clamp(0.0, 1.0)
