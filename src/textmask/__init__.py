@@ -37,12 +37,13 @@ _EXPORTS = {
     "ModelLoadError": "textmask.errors",
     "InputError": "textmask.errors",
     "PromptError": "textmask.errors",
+    "OutOfMemoryError": "textmask.engine",
 }
 
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine import ImageFeatures, Segmenter, load, session_from_hf
+    from .engine import ImageFeatures, OutOfMemoryError, Segmenter, load, session_from_hf
     from .errors import InputError, ModelLoadError, ModelNotFoundError, PromptError, TextmaskError
     from .images import load_image
     from .model import DEFAULT_MODEL, clear_model_cache, load_model, locate_model

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError, TextmaskError
 from .images import ImageBatch, as_image_batch
 from .model import DEFAULT_MODEL, LoadedModel, load_model
 from .postprocess import MaskOptions, combine, finish_masks, normalize_minmax, normalize_seed
@@ -50,11 +51,40 @@ _PROMPT_CACHE_SIZE = 4096
 # Per decoder pass: at most this many (image, prompt) pairs, and this many full-size map values (~256 MB).
 _MAX_PAIRS_PER_PASS = 64
 _MAX_MAP_VALUES_PER_PASS = 64 * 1024 * 1024
-_OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
-    error
-    for error in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
-    if error
-)
+# Text prompts per pass through the text tower: bounds its memory however many prompts a call has.
+_TEXTS_PER_PASS = 64
+_TorchOutOfMemory: type[BaseException] = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+# Allocation failures that are not torch.OutOfMemoryError: the CPU allocator and MPS raise RuntimeError.
+_OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate")
+
+
+class OutOfMemoryError(TextmaskError, _TorchOutOfMemory):  # type: ignore[misc,valid-type]
+    """The device ran out of memory even one image at a time.
+
+    A subclass of ``torch.OutOfMemoryError`` too, so code that handles torch's (ComfyUI unloads its models
+    and shows its out-of-memory tips) handles this one the same way.
+
+    Attributes:
+        device: the device that ran out.
+        detail: the first line of the allocator's own message.
+    """
+
+    def __init__(self, message: str, device: str = "", detail: str = "") -> None:
+        super().__init__(message)
+        self.device = device
+        self.detail = detail
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is a failed allocation (CUDA, CPU, MPS), as opposed to any other failure."""
+    if isinstance(error, (_TorchOutOfMemory, MemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and any(text in str(error).lower() for text in _OOM_MESSAGES)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def _call_layer(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -199,7 +229,7 @@ class Segmenter:
             levels = batch.levels(start, min(start + step, len(batch)))
             parts.append(self.encode_pixels(self.preprocess(levels), [tuple(x.shape[-2:]) for x in levels]))
         if not parts:
-            raise ValueError("images: the batch is empty")
+            raise InputError("images: the batch is empty; there is nothing to encode")
         depth = len(parts[0].reduced)
         return ImageFeatures(
             reduced=tuple(torch.cat([p.reduced[i] for p in parts]) for i in range(depth)),
@@ -239,11 +269,15 @@ class Segmenter:
                 elif leaf.example is not None:
                     examples.setdefault(leaf.example.key, leaf.example)
         missing = list(dict.fromkeys(t for t in texts if t not in self._prompt_cache))
-        if missing:
-            self._encode_texts(missing)
+        fresh = self._encode_texts(missing) if missing else {}
         for text in dict.fromkeys(texts):
-            self._prompt_cache.move_to_end(text)
-            found["text:" + text] = self._prompt_cache[text]
+            if text in fresh:
+                found["text:" + text] = fresh[text]
+            else:
+                self._prompt_cache.move_to_end(text)
+                found["text:" + text] = self._prompt_cache[text]
+        while len(self._prompt_cache) > _PROMPT_CACHE_SIZE:  # trimmed only now: this call's texts are in `found`
+            self._prompt_cache.popitem(last=False)
         new = [example for key, example in examples.items() if key not in self._example_cache]
         if new:
             self._encode_examples(new)
@@ -277,7 +311,12 @@ class Segmenter:
                 embedding = self.model.get_conditional_embeddings(batch_size=1, conditional_pixel_values=values)
                 self._example_cache[example.key] = embedding[0]
 
-    def _encode_texts(self, texts: list[str]) -> None:
+    def _encode_texts(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """Run the text tower on ``texts`` (unique), ``_TEXTS_PER_PASS`` at a time; cache and return them.
+
+        The caller trims the cache afterwards, so a call with more unique texts than the cache holds still
+        gets every embedding.
+        """
         limit = self.max_prompt_tokens
         for text in texts:
             if not text.strip():
@@ -292,16 +331,18 @@ class Segmenter:
                     f"prompt {text[:40]!r}... has {length} tokens; CLIP reads at most {limit}, the rest is ignored",
                     stacklevel=4,
                 )
-        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
-        embeddings = self.model.get_conditional_embeddings(
-            batch_size=len(texts),
-            input_ids=tokens["input_ids"].to(self.device),
-            attention_mask=tokens["attention_mask"].to(self.device),
-        )
-        for text, embedding in zip(texts, embeddings):
-            self._prompt_cache[text] = embedding
-        while len(self._prompt_cache) > _PROMPT_CACHE_SIZE:
-            self._prompt_cache.popitem(last=False)
+        encoded: dict[str, torch.Tensor] = {}
+        for start in range(0, len(texts), _TEXTS_PER_PASS):
+            group = texts[start : start + _TEXTS_PER_PASS]
+            tokens = self.tokenizer(group, padding=True, truncation=True, max_length=limit, return_tensors="pt")
+            embeddings = self.model.get_conditional_embeddings(
+                batch_size=len(group),
+                input_ids=tokens["input_ids"].to(self.device),
+                attention_mask=tokens["attention_mask"].to(self.device),
+            )
+            for text, embedding in zip(group, embeddings):
+                self._prompt_cache[text] = encoded[text] = embedding
+        return encoded
 
     # ------------------------------------------------------------------------------------- decoder
     @torch.inference_mode()
@@ -466,17 +507,28 @@ class Segmenter:
         start = 0
         while start < total:
             stop = min(start + step, total)
+            failure: str | None = None
             try:
                 chunk = self._masks_for_chunk(
                     batch, start, stop, embeddings, len(positive), options, output_size, finish
                 )
-            except _OOM_ERRORS:
-                if step == 1:
+            except (RuntimeError, MemoryError) as error:
+                if not _is_out_of_memory(error):
                     raise
+                failure = _first_line(error)
+            if failure is not None:  # outside the except block, so the failed chunk's tensors can be freed
+                self._release_memory()
+                if step == 1:
+                    which = batch.name if not batch.batched else f"{batch.name}[{start}]"
+                    raise OutOfMemoryError(
+                        f"{which}: out of memory on {self.device} even one image at a time ({failure}). Try a "
+                        "smaller image or output_size, fewer prompts per call, a reduced precision (dtype='fast' "
+                        "or 'float16' on a GPU), or device='cpu'",
+                        device=str(self.device),
+                        detail=failure,
+                    ) from None
                 step = max(1, step // 2)
-                log.warning("out of memory on the %s; retrying with batch size %d", self.device, step)
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+                log.warning("out of memory on %s; retrying with batch size %d", self.device, step)
                 continue
             for offset, values in enumerate(chunk):
                 if single_prompt and not finish:
@@ -493,6 +545,16 @@ class Segmenter:
         if not batch.batched:
             return results[0]
         return results
+
+    def _release_memory(self) -> None:
+        """Give freed blocks back after an out-of-memory error, so the retry starts from a clean pool."""
+        import gc
+
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        elif self.device.type == "mps" and hasattr(torch, "mps"):
+            torch.mps.empty_cache()
 
     def _prompts_per_pass(self, images: int, pixels_per_image: int, prompts: int) -> int:
         """How many prompts one decoder pass takes, so that logits and full-size maps stay bounded."""

@@ -1,4 +1,8 @@
-"""Errors textmask raises on purpose. Each message names the input and says what to do."""
+"""Errors textmask raises on purpose. Each message names the input and says what to do.
+
+:class:`textmask.OutOfMemoryError` (the device ran out of memory even one image at a time) lives in
+:mod:`textmask.engine`, because it also subclasses ``torch.OutOfMemoryError`` and this module stays torch-free.
+"""
 
 from __future__ import annotations
 
