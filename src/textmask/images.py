@@ -7,7 +7,8 @@ One place decides how inputs are read, so every face (API, ComfyUI, CLI, Ray) re
   outside are clipped, values that look like 0–255 or NaN/inf are refused. uint8 is used as is, uint16 is
   scaled to 8 bits, bool is 0/255.
 * PIL images are turned upright from their EXIF orientation, then converted from any mode
-  (1, L, LA, P, RGB, RGBA, CMYK, YCbCr, I;16, I, F).
+  (1, L, LA, P, RGB, RGBA, CMYK, YCbCr, I;16, I, F). CMYK JPEGs without Adobe's marker are read with plain
+  polarity (Pillow would read them as negatives); ICC profiles are not applied, as in ComfyUI's LoadImage.
 * file paths are opened with Pillow, with clear errors for missing, non-image, truncated and
   oversized files.
 
@@ -41,6 +42,19 @@ def _is_pil(value: Any) -> bool:
     return module.startswith("PIL.") and hasattr(value, "mode") and hasattr(value, "size")
 
 
+def _plain_cmyk(image: PIL.Image.Image) -> PIL.Image.Image:  # noqa: F821
+    """Undo Pillow's CMYK inversion for a CMYK JPEG that lacks Adobe's APP14 marker.
+
+    Photoshop writes CMYK JPEGs inverted and says so with an APP14 "Adobe" marker; Pillow assumes that
+    polarity for every CMYK JPEG. A file without the marker stores plain CMYK, which Pillow would turn into
+    a negative (mostly black); such files are inverted back here. Files with the marker (Photoshop's, and
+    Pillow's own) are left as Pillow reads them. ICC profiles are not applied (neither does ComfyUI).
+    """
+    if image.mode == "CMYK" and getattr(image, "format", None) == "JPEG" and "adobe" not in image.info:
+        return image.point(lambda value: 255 - value)
+    return image
+
+
 def load_image(path: str | os.PathLike, name: str = "image") -> PIL.Image.Image:  # noqa: F821
     """Open an image file fully (decoded, EXIF-upright) or raise :class:`InputError` saying why not.
 
@@ -56,7 +70,7 @@ def load_image(path: str | os.PathLike, name: str = "image") -> PIL.Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
                 opened.load()
-                image = ImageOps.exif_transpose(opened)
+                image = ImageOps.exif_transpose(_plain_cmyk(opened))
                 if image is opened:
                     image = opened.copy()
     except FileNotFoundError:
@@ -77,11 +91,20 @@ def load_image(path: str | os.PathLike, name: str = "image") -> PIL.Image.Image:
     return image
 
 
-def _pil_to_array(image: PIL.Image.Image) -> np.ndarray:  # noqa: F821
+def _pil_to_array(image: PIL.Image.Image, name: str = "image") -> np.ndarray:  # noqa: F821
     """Any PIL mode → numpy ``[H, W]`` or ``[H, W, C]`` (uint8, uint16 or float32), upright."""
     from PIL import ImageOps
 
-    image = ImageOps.exif_transpose(image)
+    try:
+        return _pil_mode_to_array(ImageOps.exif_transpose(_plain_cmyk(image)))
+    except OSError as exc:  # a lazily opened file whose pixels cannot be decoded
+        raise InputError(f"{name}: the image is truncated or corrupt ({exc})") from None
+    except ValueError as exc:  # a mode Pillow cannot convert
+        raise InputError(f"{name}: cannot convert this {image.mode} image to RGB ({exc})") from None
+
+
+def _pil_mode_to_array(image: PIL.Image.Image) -> np.ndarray:  # noqa: F821
+
     mode = image.mode
     if mode.startswith("I;16"):
         return np.asarray(image).astype(np.uint16)
@@ -96,41 +119,68 @@ def _pil_to_array(image: PIL.Image.Image) -> np.ndarray:  # noqa: F821
         return np.asarray(image)
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode == "La":  # premultiplied grey + alpha: Pillow converts it only to LA
+        image = image.convert("LA")
     elif mode not in ("LA", "RGBA"):
         image = image.convert("RGB")  # 1, CMYK, YCbCr, LAB, HSV, La, RGBa, RGBX, ...
     return np.asarray(image)
 
 
-def _check_float(values: torch.Tensor, name: str) -> None:
+def _image_label(name: str, first_index: int | None, offset: int) -> str:
+    return name if first_index is None else f"{name}[{first_index + offset}]"
+
+
+def _check_float(values: torch.Tensor, name: str, first_index: int | None = None) -> None:
+    """Refuse NaN/inf and values far outside [0, 1], naming the first offending image (``images[3]``)."""
     if values.numel() == 0:
         return
-    if not bool(torch.isfinite(values).all()):
-        raise InputError(f"{name} contains NaN or infinite values; clean the image before masking")
-    low, high = float(values.min()), float(values.max())
-    if low < _FLOAT_LOW or high > _FLOAT_HIGH:
+    flat = values.reshape(values.shape[0], -1)
+    finite = torch.isfinite(flat).all(dim=1)
+    if not bool(finite.all()):
+        index = int((~finite).nonzero()[0, 0])
+        raise InputError(
+            f"{_image_label(name, first_index, index)} contains NaN or infinite values; clean the image before masking"
+        )
+    lows, highs = flat.amin(dim=1), flat.amax(dim=1)
+    bad = (lows < _FLOAT_LOW) | (highs > _FLOAT_HIGH)
+    if bool(bad.any()):
+        index = int(bad.nonzero()[0, 0])
+        low, high = float(lows[index]), float(highs[index])
         hint = " (it looks like 0–255: divide by 255)" if high <= 255.0 + 1e-3 and low >= 0 else ""
-        raise InputError(f"{name}: float images must hold values in [0, 1], got [{low:g}, {high:g}]{hint}")
+        raise InputError(
+            f"{_image_label(name, first_index, index)}: float images must hold values in [0, 1], "
+            f"got [{low:g}, {high:g}]{hint}"
+        )
 
 
-def channels_last_to_levels(values: torch.Tensor, name: str = "images") -> torch.Tensor:
-    """Convert a channels-last batch to 8-bit RGB levels.
-
-    Args:
-        values: ``[B, H, W, C]`` with C in {1, 2, 3, 4}; float (read as [0, 1]), uint8, uint16 or bool.
-        name: how to call this input in an error message.
-
-    Returns:
-        ``[B, 3, H, W]`` uint8 on the same device. Grey is repeated to RGB; alpha is dropped.
-    """
+def _check_layout(values: torch.Tensor, name: str) -> None:
+    """Shape and dtype checks of a channels-last batch ``[B, H, W, C]`` (no pixel is read)."""
     if values.dim() != 4:
         raise InputError(f"{name}: expected [B, H, W, C], got shape {list(values.shape)}")
-    channels = values.shape[-1]
-    if channels not in (1, 2, 3, 4):
+    if values.shape[-1] not in (1, 2, 3, 4):
         raise InputError(
             f"{name}: the last dimension must be 1, 2, 3 or 4 channels (channels-last), got shape {list(values.shape)}"
         )
     if values.shape[1] == 0 or values.shape[2] == 0:
         raise InputError(f"{name}: image has zero size ({values.shape[1]}×{values.shape[2]})")
+    if not (values.dtype in (torch.uint8, torch.bool, torch.uint16) or values.is_floating_point()):
+        raise InputError(f"{name}: unsupported dtype {values.dtype}; use float in [0, 1], uint8, uint16 or bool")
+
+
+def channels_last_to_levels(values: torch.Tensor, name: str = "images", first_index: int | None = None) -> torch.Tensor:
+    """Convert a channels-last batch to 8-bit RGB levels.
+
+    Args:
+        values: ``[B, H, W, C]`` with C in {1, 2, 3, 4}; float (read as [0, 1]), uint8, uint16 or bool.
+        name: how to call this input in an error message.
+        first_index: the batch index of ``values[0]`` when ``values`` is (part of) a caller's batch: a
+            value error then names the image (``images[11]``); None names the input as a whole.
+
+    Returns:
+        ``[B, 3, H, W]`` uint8 on the same device. Grey is repeated to RGB; alpha is dropped.
+    """
+    _check_layout(values, name)
+    channels = values.shape[-1]
     colour = values[..., :3] if channels >= 3 else values[..., :1]
     if colour.dtype == torch.uint8:
         levels = colour
@@ -138,13 +188,11 @@ def channels_last_to_levels(values: torch.Tensor, name: str = "images") -> torch
         levels = colour.to(torch.uint8) * 255
     elif colour.dtype == torch.uint16:
         levels = ((colour.to(torch.int32) * 255 + 32767) // 65535).to(torch.uint8)
-    elif colour.is_floating_point():
+    else:  # floating point (_check_layout refused the rest)
         colour = colour.float()
-        _check_float(colour, name)
+        _check_float(colour, name, first_index)
         # floor(clip(255 x)): the 8-bit conversion of the processor and the seed node.
         levels = torch.clamp(colour * 255.0, 0, 255).to(torch.uint8)
-    else:
-        raise InputError(f"{name}: unsupported dtype {colour.dtype}; use float in [0, 1], uint8, uint16 or bool")
     levels = levels.permute(0, 3, 1, 2)
     if levels.shape[1] == 1:
         levels = levels.expand(-1, 3, -1, -1)
@@ -182,7 +230,7 @@ def to_levels(image: ImageInput, name: str = "image") -> torch.Tensor:
     if _is_pil(image):
         if image.width == 0 or image.height == 0:
             raise InputError(f"{name}: image has zero size ({image.width}×{image.height})")
-        image = _pil_to_array(image)
+        image = _pil_to_array(image, name)
     if isinstance(image, np.ndarray):
         image = _array_to_tensor(image, name)
     if not isinstance(image, torch.Tensor):
@@ -222,9 +270,7 @@ class ImageBatch:
     def levels(self, start: int, stop: int) -> list[torch.Tensor]:
         """Images ``start..stop`` as a list of ``[3, H, W]`` uint8 tensors."""
         if self.stacked is not None:
-            chunk = self.stacked[start:stop]
-            name = self.name if stop - start == len(self) else f"{self.name}[{start}:{stop}]"
-            return list(channels_last_to_levels(chunk, name).unbind(0))
+            return list(channels_last_to_levels(self.stacked[start:stop], self.name, first_index=start).unbind(0))
         assert self.items is not None
         label = self.name if not self.batched else None
         return [to_levels(self.items[i], label or f"{self.name}[{i}]") for i in range(start, stop)]
@@ -240,10 +286,13 @@ def as_image_batch(images: Any, name: str = "images") -> ImageBatch:
         return ImageBatch(stacked=None, items=list(images), batched=True, name=name)
     if isinstance(images, np.ndarray):
         if images.ndim == 4:
-            return ImageBatch(stacked=_array_to_tensor(images, name), items=None, batched=True, name=name)
+            stacked = _array_to_tensor(images, name)
+            _check_layout(stacked, name)
+            return ImageBatch(stacked=stacked, items=None, batched=True, name=name)
         return ImageBatch(stacked=None, items=[images], batched=False, name=name)
     if isinstance(images, torch.Tensor):
         if images.dim() == 4:
+            _check_layout(images, name)  # shape and dtype now, for the whole batch; values chunk by chunk
             return ImageBatch(stacked=images, items=None, batched=True, name=name)
         if images.dim() in (2, 3):
             return ImageBatch(stacked=None, items=[images], batched=False, name=name)
