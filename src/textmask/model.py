@@ -424,16 +424,27 @@ def _load_weights(folder: Path, allow_pickle: bool) -> Any:
     return model.eval()
 
 
-def _load_tokenizer(folder: Path) -> Any:
+def _load_tokenizer(folder: Path, vocab_size: int | None = None) -> Any:
+    """The folder's tokenizer; ``vocab_size`` (the text model's) catches an empty one.
+
+    Without vocab.json and merges.txt, transformers 5 quietly builds a CLIP tokenizer with no vocabulary,
+    which turns every prompt into the same unknown tokens: refused here instead of giving meaningless masks.
+    """
     from transformers import AutoTokenizer
 
+    needs = "The folder needs vocab.json + merges.txt (or tokenizer.json)."
     try:
-        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
     except Exception as exc:
         raise ModelLoadError(
-            f"model folder {folder}: the tokenizer could not be loaded ({type(exc).__name__}: {exc}). "
-            "The folder needs vocab.json + merges.txt (or tokenizer.json)."
+            f"model folder {folder}: the tokenizer could not be loaded ({type(exc).__name__}: {exc}). {needs}"
         ) from None
+    if vocab_size and len(tokenizer) < vocab_size // 2:
+        raise ModelLoadError(
+            f"model folder {folder}: the tokenizer could not be loaded: it has {len(tokenizer)} tokens but the "
+            f"model expects {vocab_size} (its vocabulary files are missing or empty). {needs}"
+        )
+    return tokenizer
 
 
 _CACHE: dict[tuple[str, str, str, str, bool], LoadedModel] = {}
@@ -474,7 +485,7 @@ def load_model(
             source=str(source),
             folder=folder,
             model=model,
-            tokenizer=_load_tokenizer(folder),
+            tokenizer=_load_tokenizer(folder, getattr(model.config.text_config, "vocab_size", None)),
             preprocess=PreprocessConfig.from_folder(folder),
             device=resolved_device,
             dtype=resolved_dtype,
