@@ -328,6 +328,56 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.part")
 
 
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?:part|old)$")
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows: assume it is alive
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def remove_stale_temporaries(outdir: str | os.PathLike, max_age_s: float = 24 * 3600) -> int:
+    """Remove the temporary files and folders (``.<name>.<pid>.part``/``.old``) a killed run left behind.
+
+    A temporary whose process is gone is removed (on Windows, where that cannot be checked safely, one older
+    than ``max_age_s``); a live process's temporaries (a parallel run) are left alone. Final names are never
+    touched: they only ever hold complete files. Returns how many were removed.
+    """
+    import time
+
+    root = Path(outdir)
+    if not root.is_dir():
+        return 0
+    removed = 0
+    now = time.time()
+    for current, dirnames, filenames in os.walk(root):
+        for entry in [*dirnames, *filenames]:
+            match = _TEMPORARY.match(entry)
+            if match is None:
+                continue
+            path = Path(current) / entry
+            try:
+                stale = not _process_alive(int(match["pid"]))
+                if os.name == "nt":
+                    stale = now - path.lstat().st_mtime > max_age_s
+            except (OSError, ValueError, OverflowError):
+                continue
+            if stale:
+                _remove(path)
+                removed += 1
+        dirnames[:] = [d for d in dirnames if not _TEMPORARY.match(d)]
+    return removed
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)

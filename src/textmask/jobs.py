@@ -32,6 +32,7 @@ from .io import (
     plan_outputs,
     png_array,
     read_image,
+    remove_stale_temporaries,
     render,
     save_png,
 )
@@ -265,6 +266,7 @@ def run_job(
     started = time.perf_counter()
     stop = should_stop or (lambda: False)
     report = Report(inputs=len(items))
+    remove_stale_temporaries(job.outdir)  # left by a run that was killed mid-write
     table = job.table
     images: list[InputItem] = []  # pending images; their outputs are planned again per chunk (memory stays flat)
     videos: list[tuple[InputItem, list[PlannedOutput], Any]] = []
@@ -358,9 +360,10 @@ def run_job(
     except OutputError as exc:
         report.fatal = str(exc)
     except _OOM_ERRORS as exc:  # the engine already retried with halved batches down to one image
+        detail = getattr(exc, "detail", "") or _one_line(exc)  # textmask.OutOfMemoryError carries torch's line
         report.fatal = (
             f"out of memory on {getattr(session, 'device', 'the device')} even one image at a time "
-            f"({_one_line(exc)}); try smaller inputs, --dtype fast, or --device cpu"
+            f"({detail}); try smaller inputs, fewer prompts per run, --dtype fast, or --device cpu"
         )
     report.seconds = time.perf_counter() - started
     flush_failures()
@@ -382,6 +385,8 @@ def _mask_chunk(
         return
     try:
         masks = target_masks(session, [image.levels for _, _, image in ready], table, job.options, job.batch_size)
+    except _OOM_ERRORS:
+        raise  # the engine already retried one image at a time: the run stops (see run_job)
     except (TextmaskError, ValueError) as exc:
         # Should not happen once the images are read; if it does, isolate the bad one instead of losing the chunk.
         if len(ready) == 1:

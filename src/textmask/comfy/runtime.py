@@ -230,6 +230,8 @@ def as_images(images: Any, name: str = "images") -> torch.Tensor | list[torch.Te
         raise InputError(f"{name}: expected an IMAGE tensor [B, H, W, C], got shape {list(images.shape)}")
     if images.shape[0] == 0:
         raise InputError(f"{name}: the batch is empty")
+    if images.shape[1] == 0 or images.shape[2] == 0:  # before its size becomes the output size
+        raise InputError(f"{name}: image has zero size ({images.shape[1]}×{images.shape[2]})")
     return images
 
 
