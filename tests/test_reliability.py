@@ -398,10 +398,14 @@ def test_unreadable_files_in_the_cli(tmp_path: Path, tiny_model_dir: Path) -> No
     Image.fromarray(_rgb(64, 64)).save(buffer, "JPEG", quality=90)
     (folder / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     (folder / "empty.png").write_bytes(b"")
+    values = np.random.default_rng(0).random((6, 6), dtype=np.float32)
+    values[2, 3] = np.nan
+    Image.fromarray(values).save(folder / "nan.tif")  # a float TIFF: the same value checks as a float tensor
     result = _cli(str(folder), "-p", "cat", "--json", model=tiny_model_dir, out=tmp_path / "out")
     summary = json.loads(result.stdout)
-    assert result.exit_code == 1 and summary["processed"] == 1 and summary["failed"] == 3
+    assert result.exit_code == 1 and summary["processed"] == 1 and summary["failed"] == 4
     errors = {Path(f["input"]).name: f["error"] for f in summary["failures"]}
+    assert errors["nan.tif"].endswith("nan.tif contains NaN or infinite values; clean the image before masking")
     assert "not an image Pillow can read" in errors["notes.png"] and "not an image" in errors["empty.png"]
     assert "truncated or corrupt" in errors["cut.jpg"]
     assert "Traceback" not in result.stderr
