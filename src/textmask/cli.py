@@ -121,9 +121,54 @@ def main() -> None:
 # --------------------------------------------------------------------------------------------- mask
 @main.command("mask", context_settings=CONTEXT)
 @click.argument("inputs", nargs=-1, metavar="INPUT...")
-@click.option("-p", "--prompt", "prompts", multiple=True, metavar="TEXT", help="What to mask (repeat for more).")
+@click.option(
+    "-p",
+    "--prompt",
+    "prompts",
+    multiple=True,
+    metavar="TEXT",
+    help="What to mask (repeat for more). image:PATH: an example image, mask what looks like it; "
+    "text:... a literal text.",
+)
 @click.option("-o", "--output-dir", "outdir", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("-n", "--negative", "negatives", multiple=True, metavar="TEXT", help="Subtract what this matches.")
+@click.option("--example", "examples", multiple=True, metavar="PATH", help="An example image prompt (= -p image:PATH).")
+@click.option(
+    "--example-mask",
+    "example_masks",
+    multiple=True,
+    metavar="PATH|alpha|none",
+    help="Marks the object in the example (white = object; alpha: its transparency; none). Once for all "
+    "examples, or once per example.",
+)
+@click.option(
+    "--example-background",
+    type=click.FloatRange(0, 1),
+    default=0.1,
+    show_default=True,
+    metavar="F",
+    help="Masked examples: how much of the background is kept.",
+)
+@click.option(
+    "--example-blur",
+    type=click.FloatRange(min=0),
+    default=3.0,
+    show_default=True,
+    metavar="SIGMA",
+    help="Masked examples: background blur, pixels at 352 px.",
+)
+@click.option(
+    "--example-crop/--no-example-crop", default=True, show_default=True, help="Masked examples: crop to the object."
+)
+@click.option("--blend", is_flag=True, help="Average all prompts (texts and examples) into one prompt: one mask.")
+@click.option(
+    "--example-weight",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    metavar="W",
+    help="With --blend: an example's weight against a text.",
+)
 @click.option(
     "--combine",
     type=click.Choice(["each", "union", "intersection"]),
@@ -193,6 +238,13 @@ def mask_command(
     prompts: tuple[str, ...],
     outdir: str,
     negatives: tuple[str, ...],
+    examples: tuple[str, ...],
+    example_masks: tuple[str, ...],
+    example_background: float,
+    example_blur: float,
+    example_crop: bool,
+    blend: bool,
+    example_weight: float,
     combine: str,
     threshold: float | None,
     softness: float,
@@ -223,14 +275,16 @@ def mask_command(
     INPUT is a file, a folder, or '-' for one image on stdin. Outputs are named
     OUTDIR/<relative path without suffix>.<prompt>.png (see docs/cli.md); outputs that already exist are
     skipped unless --overwrite, so an interrupted run resumes where it stopped.
-    """
-    from .io import CollisionError, check_writable, discover_inputs, make_targets
 
-    if not prompts:
-        raise click.UsageError("give at least one prompt with -p/--prompt, e.g. -p 'a cat'")
-    for prompt in (*prompts, *negatives):
-        if not prompt.strip():
-            raise click.UsageError("a prompt is empty; describe what to mask, e.g. -p 'a cat'")
+    A prompt is a text, or an example image (-p image:PATH or --example PATH; outputs
+    <name>.example-<file stem>.png): CLIPSeg then masks what looks like the example.
+    """
+    from .io import CollisionError, build_prompts, check_writable, discover_inputs, make_targets
+
+    if not prompts and not examples:
+        raise click.UsageError("give at least one prompt with -p/--prompt, e.g. -p 'a cat' or -p image:example.png")
+    if example_weight != 1.0 and not blend:
+        raise click.UsageError("--example-weight only matters with --blend")
     sources = list(inputs)
     if files_from is not None:
         if files_from.name == "<stdin>" and "-" in sources:
@@ -253,7 +307,12 @@ def mask_command(
             feather=feather,
             invert=invert,
         )
-        targets = make_targets(prompts, combine)
+        settings = dict(background=example_background, blur=example_blur, crop=example_crop)
+        positive = build_prompts(
+            prompts, examples, example_masks, blend=blend, example_weight=example_weight, **settings
+        )
+        negative = build_prompts(negatives, name="negative prompt")
+        targets = make_targets(positive, combine)
         discovery = discover_inputs(sources, globs=globs, exclude=outdir)
     except CollisionError as exc:
         raise click.UsageError(str(exc)) from None
@@ -273,7 +332,7 @@ def mask_command(
     job = MaskJob(
         outdir=Path(outdir),
         targets=targets,
-        negative_prompts=tuple(dict.fromkeys(negatives)),
+        negative_prompts=tuple(negative),
         options=options,
         kinds=tuple(dict.fromkeys(kinds or ("mask",))),
         bits=int(bits),

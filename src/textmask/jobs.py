@@ -65,17 +65,18 @@ class PromptTable:
     """The unique prompts of a run and where each target's prompts sit among them.
 
     Attributes:
-        prompts: unique positive and negative prompts, in the order the engine is asked for them.
+        prompts: unique positive and negative prompts (texts, example images, blends; the same object
+            counts once), in the order the engine is asked for them.
         targets: per target, the indices of its positive prompts in ``prompts``.
         negative: indices of the negative prompts.
     """
 
-    prompts: tuple[str, ...]
+    prompts: tuple[Any, ...]
     targets: tuple[tuple[int, ...], ...]
     negative: tuple[int, ...]
 
     @classmethod
-    def build(cls, targets: Sequence[MaskTarget], negative_prompts: Sequence[str] = ()) -> PromptTable:
+    def build(cls, targets: Sequence[MaskTarget], negative_prompts: Sequence[Any] = ()) -> PromptTable:
         unique = list(dict.fromkeys([p for t in targets for p in t.prompts] + list(negative_prompts)))
         where = {p: i for i, p in enumerate(unique)}
         return cls(
@@ -181,7 +182,7 @@ class MaskJob:
     Attributes:
         outdir: output folder.
         targets: the masks to make per input (:func:`textmask.io.make_targets`).
-        negative_prompts: prompts subtracted from every target.
+        negative_prompts: prompts (texts, example images) subtracted from every target.
         options: post-processing; ``options.combine`` applies inside each target.
         kinds: output kinds (``mask``, ``overlay``, ``cutout``).
         bits: 8 or 16 for mask PNGs.
@@ -193,7 +194,7 @@ class MaskJob:
 
     outdir: Path
     targets: list[MaskTarget]
-    negative_prompts: tuple[str, ...] = ()
+    negative_prompts: tuple[Any, ...] = ()
     options: MaskOptions = field(default_factory=MaskOptions)
     kinds: tuple[str, ...] = ("mask",)
     bits: int = 8
