@@ -134,43 +134,75 @@ def test_a_model_that_does_not_load_gives_fatal_rows_not_a_crash(tmp_path: Path,
 
 
 # ------------------------------------------------------------------------------------------- files
+def small_clip(folder: Path, frames: int = 6) -> Path | None:
+    """A tiny H.264/MPEG-4 clip (a bar sweeping over a gradient), or None without PyAV or an encoder."""
+    try:
+        import av
+    except ImportError:
+        return None
+    path = folder / "clip.mp4"
+    for codec in ("libx264", "mpeg4"):
+        try:
+            with av.open(str(path), "w") as container:
+                stream = container.add_stream(codec, rate=12)
+                stream.width, stream.height, stream.pix_fmt = 32, 24, "yuv420p"
+                for index in range(frames):
+                    frame = np.zeros((24, 32, 3), np.uint8)
+                    frame[..., 2] = np.linspace(0, 255, 32, dtype=np.uint8)
+                    frame[:, index * 4 : index * 4 + 6] = 255
+                    container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+                container.mux(stream.encode(None))
+            return path
+        except Exception:
+            continue
+    return None
+
+
 def test_cli_engine_ray_writes_the_same_files_as_the_local_engine(
     local_ray, images: Path, tiny_model_dir: Path, tmp_path: Path
 ):
+    clip = small_clip(tmp_path)  # a video too, when PyAV can write one: masked whole by one Ray task
+    inputs = [str(images)] + ([str(clip)] if clip else [])
     common = ["-p", "a cat", "-p", "the sky", "-n", "grass", "-k", "mask", "-k", "cutout", "--threshold", "0.5"]
-    common += ["--softness", "0.2", "--model", str(tiny_model_dir), "--device", "cpu", "--json"]
+    common += ["--softness", "0.2", "--video-output", "frames"]
+    common += ["--model", str(tiny_model_dir), "--device", "cpu", "--json"]
     local_out, ray_out = tmp_path / "local", tmp_path / "ray"
-    local = invoke("mask", str(images), "-o", str(local_out), *common)
+    local = invoke("mask", *inputs, "-o", str(local_out), *common)
     assert local.exit_code == 1, local.output
+    done = len(GOOD) + (clip is not None)
 
     # The real entry point, joining the module's Ray through --ray-address (so the textmask package is shipped
     # to the workers with the job, as on a real cluster).
     ray_args = ["--engine", "ray", "--ray-address", local_ray, "--actors", "2", "--cpus-per-actor", "0.5"]
-    first = run_cli("mask", str(images), "-o", str(ray_out), *common, *ray_args, "--batch-size", "2")
+    first = run_cli("mask", *inputs, "-o", str(ray_out), *common, *ray_args, "--batch-size", "2")
     assert first.returncode == 1, first.stderr  # the corrupt file failed, the others were written
     summary = json.loads(first.stdout)  # nothing but the JSON on stdout, whatever Ray logs
     assert summary["engine"] == "ray" and summary["ray"]["actors"] == 2 and summary["device"] == "cpu"
-    assert summary["processed"] == len(GOOD) and summary["failed"] == 1 and summary["skipped"] == 0
+    assert summary["processed"] == done and summary["failed"] == 1 and summary["skipped"] == 0
+    assert summary["frames"] == (6 if clip else 0)
     (failure,) = summary["failures"]
     assert failure["input"].endswith("broken.png") and "truncated or corrupt" in failure["error"]
     assert "broken.png" in first.stderr  # reported as it happens, too
 
     names = files_in(local_out)
-    assert names == files_in(ray_out) and len(names) == 2 * 2 * len(GOOD)  # no temporary files either
-    assert sorted(summary["outputs"]) == sorted(str(ray_out / name) for name in names)
+    assert names == files_in(ray_out)  # same names, and no temporary files either
+    assert len(names) == 2 * 2 * len(GOOD) + (2 * 2 * 6 if clip else 0)
     for name in names:  # PNG bytes equal, so pixels equal
         assert (ray_out / name).read_bytes() == (local_out / name).read_bytes(), name
+    outputs = {str(ray_out / name) for name in names if clip is None or not name.startswith("clip.")}
+    outputs |= {str(ray_out / f"clip.{slug}") for slug in ("a-cat", "a-cat.cutout", "the-sky", "the-sky.cutout")}
+    assert set(summary["outputs"]) == (outputs if clip else {str(ray_out / name) for name in names})
 
     # Resume: with every output there, nothing is scheduled (the cluster is not even contacted: the address is
     # unreachable) and nothing is rewritten. (The corrupt file is left out: it would be tried again.)
     stamps = {name: (ray_out / name).stat().st_mtime_ns for name in names}
     only_good = [arg for name in GOOD for arg in ("-g", name)]
     again = run_cli(
-        "mask", str(images), "-o", str(ray_out), *only_good, *common, "--engine", "ray", "--ray-address", "127.0.0.1:9"
+        "mask", *inputs, "-o", str(ray_out), *only_good, *common, "--engine", "ray", "--ray-address", "127.0.0.1:9"
     )
     assert again.returncode == 0, again.stderr
     summary = json.loads(again.stdout)
-    assert summary["skipped"] == len(GOOD) and summary["processed"] == 0 and summary["written"] == 0
+    assert summary["skipped"] == done and summary["processed"] == 0 and summary["written"] == 0
     assert {name: (ray_out / name).stat().st_mtime_ns for name in names} == stamps
 
 
