@@ -248,3 +248,14 @@ def test_resume_skips_existing_outputs_and_writes_through_pyarrow(
     )
     assert again.skipped == len(GOOD) and again.processed == 0 and again.written == [] and again.failed == 0
     assert again.cluster == {}
+
+
+def test_usage_errors(local_ray, images: Path, tiny_model_dir: Path, tmp_path: Path):
+    base = ["mask", str(images), "-p", "a cat", "--model", str(tiny_model_dir)]
+    knob = invoke(*base, "-o", str(tmp_path / "a"), "--actors", "2")  # Ray knobs without --engine ray
+    assert knob.exit_code == 2 and "--actors only apply with --engine ray" in knob.output
+    uri = invoke(*base, "-o", "s3://bucket/masks")  # the local engine writes to folders only
+    assert uri.exit_code == 2 and "URIs need --engine ray" in uri.output
+    gpus = invoke(*base, "-o", str(tmp_path / "b"), "--engine", "ray", "--gpus-per-actor", "1")
+    assert gpus.exit_code == 2 and "no GPUs" in gpus.output  # refused before anything is scheduled
+    assert not any((tmp_path / "b").iterdir())
