@@ -275,6 +275,9 @@ class MaskActor:
     """
 
     def __init__(self, spec: _ActorSpec) -> None:
+        from PIL import Image
+
+        Image.init()  # register every Pillow plugin now, not concurrently from the reading threads
         self.spec = spec
         self.table = PromptTable.build(spec.job.targets, spec.job.negative_prompts)
         self.pool = ThreadPoolExecutor(max_workers=max(2, spec.threads), thread_name_prefix="textmask-io")
