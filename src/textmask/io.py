@@ -182,14 +182,7 @@ def discover_inputs(
         else:
             add(text, path.name, input_kind(path))
 
-    def stem(relative: str) -> str:
-        if relative == "stdin":
-            return relative
-        head, _, name = relative.rpartition("/")
-        base = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
-        return f"{head}/{base}" if head else base
-
-    keys = [stem(relative) for _, relative, _ in found]
+    keys = [input_key(relative) for _, relative, _ in found]
     counts: dict[str, int] = {}
     for key in keys:
         counts[key] = counts.get(key, 0) + 1
@@ -204,6 +197,17 @@ def discover_inputs(
         owners[key] = source
     items = [InputItem(source=source, key=key, kind=kind) for key, (source, _, kind) in zip(keys, found)]
     return Discovery(items=items, ignored=ignored)
+
+
+def input_key(relative: str) -> str:
+    """An input's key from its ``/``-separated path relative to its folder: the path without the suffix
+    (``"2024/garden.jpg"`` → ``"2024/garden"``; ``"stdin"`` stays). :func:`discover_inputs` keeps the suffix
+    instead when two inputs would share a key."""
+    if relative == "stdin":
+        return relative
+    head, _, name = relative.rpartition("/")
+    base = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    return f"{head}/{base}" if head else base
 
 
 # ------------------------------------------------------------------------------------------- prompts
@@ -513,12 +517,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def save_png(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write ``[H, W]`` uint8/uint16 (grey) or ``[H, W, 3|4]`` uint8 (RGB/RGBA) as a PNG, atomically."""
+def encode_png(array: np.ndarray) -> bytes:
+    """``[H, W]`` uint8/uint16 (grey) or ``[H, W, 3|4]`` uint8 (RGB/RGBA) → the bytes of the PNG file
+    :func:`save_png` writes (for writers that are not the local disk: object stores, Ray)."""
+    import io as _io
+
     from PIL import Image
 
+    buffer = _io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def save_png(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write ``[H, W]`` uint8/uint16 (grey) or ``[H, W, 3|4]`` uint8 (RGB/RGBA) as a PNG, atomically."""
+    data = encode_png(array)
     with atomic_path(path) as temporary:
-        Image.fromarray(np.ascontiguousarray(array)).save(temporary, format="PNG", compress_level=6)
+        temporary.write_bytes(data)
 
 
 def check_writable(folder: str | os.PathLike) -> Path:
@@ -549,20 +564,38 @@ class LoadedImage:
 
 def read_image(item: InputItem | str) -> LoadedImage:
     """Open one input image (a path, or ``-`` for stdin) with the engine's reader; raise :class:`InputError`."""
-    from .images import load_image, to_levels
+    from .images import load_image
 
     source = item.source if isinstance(item, InputItem) else str(item)
     if source == STDIN:
-        data = sys.stdin.buffer.read()
-        with tempfile.TemporaryDirectory(prefix="textmask-stdin-") as folder:
-            spooled = Path(folder) / "stdin"
-            spooled.write_bytes(data)
-            try:
-                image = load_image(spooled, "stdin")
-            except InputError as exc:
-                raise InputError(str(exc).replace(str(spooled), "the data on stdin")) from None
-    else:
-        image = load_image(source, Path(source).name)  # errors read "name: <what is wrong with> path"
+        return read_image_bytes(sys.stdin.buffer.read(), STDIN)
+    image = load_image(source, Path(source).name)  # errors read "name: <what is wrong with> path"
+    return _loaded(image, source)
+
+
+def read_image_bytes(data: bytes, source: str) -> LoadedImage:
+    """Decode a file's bytes exactly as :func:`read_image` decodes the file (same reader, same errors).
+
+    Args:
+        data: the whole file (read from stdin, an object store, ``ray.data.read_binary_files``...).
+        source: the path the bytes came from (``-`` for stdin); error messages name it as if it was read.
+    """
+    from .images import load_image
+
+    name, shown = ("stdin", "the data on stdin") if source == STDIN else (Path(source).name, source)
+    with tempfile.TemporaryDirectory(prefix="textmask-bytes-") as folder:
+        spooled = Path(folder) / "input"
+        spooled.write_bytes(data)
+        try:
+            image = load_image(spooled, name)
+        except InputError as exc:
+            raise InputError(str(exc).replace(str(spooled), shown)) from None
+    return _loaded(image, source)
+
+
+def _loaded(image: PIL.Image.Image, source: str) -> LoadedImage:  # noqa: F821
+    from .images import to_levels
+
     levels = to_levels(image, source).permute(1, 2, 0).contiguous()
     alpha = None
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:

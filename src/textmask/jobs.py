@@ -127,6 +127,35 @@ class Failure:
     error: str
 
 
+def chunk_masks(
+    session: Any,
+    images: Sequence[LoadedImage],
+    sources: Sequence[str],
+    table: PromptTable,
+    options: MaskOptions,
+    batch_size: int | None = None,
+) -> list[torch.Tensor | Failure]:
+    """Read images → ``[T, H, W]`` masks each (one forward pass for the chunk), or a :class:`Failure` for an
+    image the engine refuses; the others are still masked. Shared by :func:`run_job` and the Ray actors.
+
+    Args:
+        sources: the inputs' names, for failures.
+    """
+    try:
+        return list(target_masks(session, [image.levels for image in images], table, options, batch_size))
+    except (TextmaskError, ValueError) as exc:
+        # Should not happen once the images are read; if it does, isolate the bad one instead of losing the chunk.
+        if len(images) == 1:
+            return [Failure(sources[0], _one_line(exc))]
+    masks: list[torch.Tensor | Failure] = []
+    for source, image in zip(sources, images):
+        try:
+            masks.append(target_masks(session, [image.levels], table, options, 1)[0])
+        except (TextmaskError, ValueError) as inner:
+            masks.append(Failure(source, _one_line(inner)))
+    return masks
+
+
 @dataclass
 class Report:
     """What a run did. ``to_dict()`` is the ``--json`` summary; ``seconds`` is the masking loop's time."""
@@ -381,22 +410,11 @@ def _mask_chunk(
     report.skipped += sum(image is None for image in loaded)  # finished meanwhile (e.g. by a parallel run)
     if not ready:
         return
-    try:
-        masks = target_masks(session, [image.levels for _, _, image in ready], table, job.options, job.batch_size)
-    except (TextmaskError, ValueError) as exc:
-        # Should not happen once the images are read; if it does, isolate the bad one instead of losing the chunk.
-        if len(ready) == 1:
-            report.failures.append(Failure(ready[0][0].source, _one_line(exc)))
-            return
-        masks = []
-        for item, _, image in ready:
-            try:
-                masks.append(target_masks(session, [image.levels], table, job.options, 1)[0])
-            except (TextmaskError, ValueError) as inner:
-                report.failures.append(Failure(item.source, _one_line(inner)))
-                masks.append(None)
+    sources = [item.source for item, _, _ in ready]
+    masks = chunk_masks(session, [image for _, _, image in ready], sources, table, job.options, job.batch_size)
     for (item, outputs, image), mask in zip(ready, masks):
-        if mask is None:
+        if isinstance(mask, Failure):
+            report.failures.append(mask)
             continue
         try:
             report.written.extend(write_image_outputs(item, image, mask, outputs, job.bits))
