@@ -62,6 +62,29 @@ EXPECTED = {  # output (relative to OUTDIR) → input size (W, H)
 }
 
 
+@pytest.fixture
+def example_files(tmp_path: Path) -> dict[str, Path]:
+    """A picture to mask, an example image, a mask of the object in it, and an RGBA cut-out of that object."""
+    rng = np.random.default_rng(5)
+    root = tmp_path / "visual"
+    root.mkdir()
+    picture = torch.nn.functional.interpolate(torch.rand(1, 3, 5, 6), size=(36, 48), mode="bilinear")
+    Image.fromarray((picture[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(root / "in.png")
+    example = rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)
+    Image.fromarray(example).save(root / "Red Mug.png")
+    shape = np.zeros((40, 30), np.uint8)
+    shape[8:30, 6:20] = 255
+    Image.fromarray(shape).save(root / "mug-mask.png")
+    Image.fromarray(np.dstack([example, shape]), "RGBA").save(root / "cutout.png")
+    return {"image": root / "in.png", "example": root / "Red Mug.png", "mask": root / "mug-mask.png",
+            "cutout": root / "cutout.png"}  # fmt: skip
+
+
+def levels_of(masks: torch.Tensor) -> np.ndarray:
+    """What the CLI writes for an engine mask in [0, 1]: 8-bit levels."""
+    return torch.round(masks * 255).to(torch.uint8).numpy()
+
+
 # ----------------------------------------------------------------------------- real entry point runs
 def test_folder_corrupt_file_resume_and_overwrite(mixed_folder: Path, tiny_model_dir: Path, tmp_path: Path):
     out = tmp_path / "out"
@@ -117,6 +140,28 @@ def test_quick_start_example_offline(tmp_path: Path):
     assert "1 masked" in result.stdout
     with Image.open(out / "cat-on-lawn.a-cat.png") as image:
         assert image.mode == "L" and image.size == (512, 384)
+
+
+def test_image_prompt_through_the_entry_point_equals_the_engine_and_resumes(
+    example_files: dict[str, Path], tiny_model_dir: Path, tiny_session, tmp_path: Path
+):
+    from textmask import ImagePrompt
+
+    out = tmp_path / "out"
+    image, example = example_files["image"], example_files["example"]
+    args = ["mask", str(image), "-p", f"image:{example}", "--model", str(tiny_model_dir), "-o", str(out), "--json"]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert files_in(out) == {"in.example-red-mug.png"}  # named after the example's file stem
+    written = mask_levels(out / "in.example-red-mug.png")
+    np.testing.assert_array_equal(written, levels_of(tiny_session.mask(str(image), ImagePrompt(example))))
+    as_text = levels_of(tiny_session.mask(str(image), f"image:{example}"))
+    assert np.abs(written.astype(int) - as_text).max() > 2  # the example was used, not read as a text
+
+    again = run_cli(*args)  # the same name again: skipped, nothing rewritten, the model not even loaded
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["skipped"] == 1 and summary["written"] == 0 and "device" not in summary
 
 
 def test_ctrl_c_stops_after_the_current_batch(tmp_path: Path, tiny_model_dir: Path):
@@ -210,6 +255,64 @@ def test_overlay_and_cutout_outputs(tiny_model_dir: Path, tiny_session, tmp_path
         over = np.asarray(over).astype(int)
     tinted = np.abs(over - rgba[..., :3]).sum(-1)
     assert tinted[mask < 3].max() <= 6 and tinted[mask > 200].mean() > 20  # tinted only where masked
+
+
+def test_examples_with_masks_blends_and_escapes(
+    example_files: dict[str, Path], tiny_model_dir: Path, tiny_session, tmp_path: Path
+):
+    from textmask import Blend, ImagePrompt
+
+    image, example, mask, cutout = (example_files[k] for k in ("image", "example", "mask", "cutout"))
+    model = ["--model", str(tiny_model_dir)]
+
+    out = tmp_path / "masked"  # --example with a mask file, and a cut-out with its alpha: one mask per example
+    args = ["mask", str(image), "--example", str(example), "--example", str(cutout), "--example-mask", str(mask)]
+    result = invoke(*args, "--example-mask", "alpha", "--example-background", "0.3", *model, "-o", str(out))
+    assert result.exit_code == 0, result.stderr
+    assert files_in(out) == {"in.example-red-mug-mask-mug-mask.png", "in.example-cutout-alpha.png"}
+    masked = tiny_session.mask(str(image), ImagePrompt(example, mask=mask, background=0.3))
+    np.testing.assert_array_equal(mask_levels(out / "in.example-red-mug-mask-mug-mask.png"), levels_of(masked))
+    alpha = tiny_session.mask(str(image), ImagePrompt(cutout, mask="alpha", background=0.3))
+    np.testing.assert_array_equal(mask_levels(out / "in.example-cutout-alpha.png"), levels_of(alpha))
+    np.testing.assert_array_equal(levels_of(alpha), levels_of(masked))  # same pixels and shape: same prompt
+
+    out = tmp_path / "blend"  # text and example averaged into one prompt, 1 : 2, minus a negative example
+    args = ["mask", str(image), "-p", "a red mug", "-p", f"image:{example}", "--blend", "--example-weight", "2"]
+    result = invoke(*args, "-n", f"image:{cutout}", *model, "-o", str(out))
+    assert result.exit_code == 0, result.stderr
+    assert files_in(out) == {"in.a-red-mug~example-red-mug.png"}
+    blend = Blend(["a red mug", ImagePrompt(example)], weights=[1, 2])
+    expected = tiny_session.mask(str(image), blend, negative_prompts=[ImagePrompt(cutout)])
+    np.testing.assert_array_equal(mask_levels(out / "in.a-red-mug~example-red-mug.png"), levels_of(expected))
+
+    out = tmp_path / "escaped"  # text: keeps a text that starts with image: a text
+    result = invoke("mask", str(image), "-p", "text:image: a mug", "--combine", "union", *model, "-o", str(out))
+    assert result.exit_code == 0 and files_in(out) == {"in.image-a-mug.png"}
+    np.testing.assert_array_equal(
+        mask_levels(out / "in.image-a-mug.png"), levels_of(tiny_session.mask(str(image), "image: a mug"))
+    )
+
+
+def test_bad_examples_are_usage_errors(example_files: dict[str, Path], tiny_model_dir: Path, tmp_path: Path):
+    image, example, mask = example_files["image"], example_files["example"], example_files["mask"]
+    base = ["mask", str(image), "--model", str(tiny_model_dir), "-o", str(tmp_path / "out")]
+    missing = invoke(*base, "-p", f"image:{tmp_path / 'nope.png'}")
+    assert missing.exit_code == 2 and "nope.png" in missing.stderr and "file not found" in missing.stderr
+    empty = tmp_path / "empty.png"
+    Image.new("L", (30, 40)).save(empty)
+    result = invoke(*base, "--example", str(example), "--example-mask", str(empty))
+    assert result.exit_code == 2 and "mask is empty" in result.stderr
+    result = invoke(
+        *base, "--example", str(example), "--example-mask", str(mask), "--example-mask", str(mask), "-p", "x"
+    )
+    assert result.exit_code == 2 and "2 example masks for 1 example images" in result.stderr
+    result = invoke(*base, "--example", str(example), "--example-mask", "alpha")
+    assert result.exit_code == 2 and "no alpha channel" in result.stderr
+    result = invoke(*base, "--example", str(example), "--example-weight", "2")
+    assert result.exit_code == 2 and "--blend" in result.stderr
+    result = invoke(*base, "-p", "text:")
+    assert result.exit_code == 2 and "empty" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_stdin_and_files_from(tiny_model_dir: Path, tmp_path: Path):
@@ -326,6 +429,46 @@ def test_prompt_slugs():
     assert len({t.slug for t in each}) == 3 and each[2].slug == "dog"
     assert make_targets(["cat", "dog"], "intersection")[0].slug == "cat_and_dog"
     assert make_targets(["cat", "dog"], "union")[0].prompts == ("cat", "dog")
+
+
+def test_example_slugs_are_stable_and_say_which(tmp_path: Path):
+    from textmask import Blend, ImagePrompt
+
+    assert prompt_slug(ImagePrompt(Path("shots/Red Mug 2.png"))) == "example-red-mug-2"
+    assert prompt_slug(ImagePrompt("mug.png", mask="alpha")) == "example-mug-alpha"
+    assert prompt_slug(ImagePrompt("mug.png", mask=Path("masks/handle.png"))) == "example-mug-mask-handle"
+    tensor = torch.rand(8, 8, 3)
+    in_memory = prompt_slug(ImagePrompt(tensor))
+    assert in_memory.startswith("example-") and in_memory == prompt_slug(ImagePrompt(tensor.clone()))
+    assert in_memory != prompt_slug(ImagePrompt(torch.rand(8, 8, 3)))
+    assert prompt_slug(ImagePrompt(tensor, mask=torch.ones(8, 8))).endswith("-masked")
+    assert prompt_slug(Blend(["a red mug", ImagePrompt("mug.png")])) == "a-red-mug~example-mug"
+    # the same example twice is one target; a text that reads like an example keeps apart, stably
+    same = make_targets([ImagePrompt("mug.png"), ImagePrompt("mug.png"), "example mug"])
+    assert len(same) == 2 and same[0].slug != same[1].slug and same[0].slug.startswith("example-mug-")
+    assert [t.slug for t in make_targets([ImagePrompt("mug.png"), "example mug"])] == [t.slug for t in same]
+    long = ImagePrompt("a-very-long-example-file-name-that-goes-on-and-on-forever.png")
+    assert len(prompt_slug(long)) <= 57 and prompt_slug(long) == prompt_slug(ImagePrompt(long.image))
+
+
+def test_build_prompts_pairs_masks_with_examples(example_files: dict[str, Path]):
+    from textmask import Blend, ImagePrompt
+    from textmask.errors import PromptError
+    from textmask.io import build_prompts
+
+    example, mask, cutout = example_files["example"], example_files["mask"], example_files["cutout"]
+    specs = ["a mug", f"image:{cutout}", "text:image:x", "a mug"]
+    prompts = build_prompts(specs, [example, cutout], ["alpha", str(mask), "alpha"], blur=1.5)
+    assert [type(p).__name__ for p in prompts] == ["str", "ImagePrompt", "str", "ImagePrompt"]  # repeats dropped
+    assert prompts[0] == "a mug" and prompts[2] == "image:x"
+    assert prompts[1].mask == "alpha" and prompts[1].blur == 1.5 and prompts[3].mask == mask
+    one_for_all = build_prompts([], [example, cutout], ["none"])
+    assert [p.mask for p in one_for_all] == [None, None] and all(isinstance(p, ImagePrompt) for p in one_for_all)
+    (blend,) = build_prompts(["a mug"], [example], blend=True, example_weight=3)
+    assert isinstance(blend, Blend) and blend.item_weights() == [1.0, 3.0]
+    assert build_prompts([f"image:{example}"], blend=True)[0].image == example  # one prompt: no blend needed
+    with pytest.raises(PromptError, match="2 example masks for 3 example images"):
+        build_prompts([f"image:{cutout}"], [example, cutout], ["none", "none"])
 
 
 def test_discovery_keys_globs_and_collisions(tmp_path: Path):

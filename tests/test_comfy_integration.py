@@ -70,6 +70,17 @@ def _test_image(path: Path, height: int = 150, width: int = 200) -> np.ndarray:
     return levels.astype(np.float32) / 255.0
 
 
+def _cutout(path: Path, height: int = 90, width: int = 70) -> None:
+    """An RGBA example: a smooth picture, opaque on an ellipse (the object), transparent around it."""
+    generator = torch.Generator().manual_seed(8)
+    coarse = torch.rand((1, 3, 4, 4), generator=generator)
+    full = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic").clamp(0, 1)
+    levels = (full[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    ys, xs = np.mgrid[:height, :width]
+    alpha = ((((ys - height / 2) / (height / 3)) ** 2 + ((xs - width / 2) / (width / 3)) ** 2) <= 1) * 255
+    Image.fromarray(np.dstack([levels, alpha.astype(np.uint8)]), "RGBA").save(path)
+
+
 @pytest.fixture(scope="module")
 def comfyui(tmp_path_factory, tiny_model_dir):
     base = tmp_path_factory.mktemp("comfyui-base")
@@ -82,6 +93,7 @@ def comfyui(tmp_path_factory, tiny_model_dir):
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0123456789abcdef")
     image = _test_image(base / "input" / "example.png")
+    _cutout(base / "input" / "example-cutout.png")
 
     port = _free_port()
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
@@ -214,6 +226,40 @@ def test_advanced_workflow_runs(comfyui):
     heatmap = _saved(comfyui, entry, "5")
     assert mask.shape == heatmap.shape == comfyui.image.shape
     assert (mask[..., 0] == mask[..., 1]).all() and not (heatmap[..., 0] == heatmap[..., 2]).all()
+
+
+def test_example_workflows_run(comfyui):
+    """Masking by example (a cut-out, its Load Image MASK inverted), and text blended with the example."""
+    prompt = json.loads((WORKFLOWS / "textmask_example_masking_api.json").read_text())
+    prompt["6"] = {
+        "class_type": "TextmaskCLIPSegMasking",
+        "inputs": {
+            "images": ["1", 0], "prompts": "a person", "negative_prompts": "", "combine": "union",
+            "normalize": "minmax", "threshold": 0.0, "blur": 0.0, "grow": 0, "invert": False, "batch_size": 8,
+            "example": ["2", 0], "example_mask": ["2", 1], "invert_example_mask": True, "example_mode": "blend",
+            "example_weight": 2.0,
+        },
+    }  # fmt: skip
+    prompt["7"] = {"class_type": "SaveImage", "inputs": {"images": ["6", 1], "filename_prefix": "textmask/blend"}}
+    entry = _run(comfyui, prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    by_example, blended = _saved(comfyui, entry, "4"), _saved(comfyui, entry, "7")
+    assert by_example.shape == blended.shape == comfyui.image.shape
+    assert (by_example[..., 0] == by_example[..., 2]).all() and by_example.std() > 5
+    assert np.abs(by_example.astype(int) - blended).max() > 2  # the text changed the prompt
+    heatmap = _saved(comfyui, entry, "5")
+    assert not (heatmap[..., 0] == heatmap[..., 2]).all()
+
+    prompt["3"]["inputs"]["invert_example_mask"] = False  # the cut-out's outside as the object: runs too
+    prompt["3"]["inputs"]["example_crop"] = False
+    assert _run(comfyui, prompt)["status"]["status_str"] == "success"
+    prompt["3"]["inputs"]["example"] = ["1", 0]  # an RGB image's MASK is an empty 64×64: a clear error
+    prompt["3"]["inputs"]["example_mask"] = ["1", 1]
+    failed = _run(comfyui, prompt)
+    assert failed["status"]["status_str"] == "error"
+    errors = [m[1] for m in failed["status"]["messages"] if m[0] == "execution_error"]
+    assert errors and errors[0]["node_type"] == "TextmaskCLIPSegExampleMasking"
+    assert "Load Image outputs for an image without transparency" in errors[0]["exception_message"]
 
 
 def test_a_missing_model_fails_the_node_with_a_clear_message(comfyui):

@@ -21,6 +21,7 @@ from textmask.comfy import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, runt
 from textmask.comfy.nodes import (
     SaltCLIPSegLoader,
     SaltCLIPSegMasking,
+    TextmaskCLIPSegExampleMasking,
     TextmaskCLIPSegLoader,
     TextmaskCLIPSegMasking,
 )
@@ -99,6 +100,7 @@ def test_mappings_list_every_node_with_a_display_name():
         "SaltCLIPSegLoader",
         "TextmaskCLIPSegLoader",
         "TextmaskCLIPSegMasking",
+        "TextmaskCLIPSegExampleMasking",
     }
     assert set(NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_CLASS_MAPPINGS)
     for name, cls in NODE_CLASS_MAPPINGS.items():
@@ -152,8 +154,41 @@ def test_our_nodes_declare_the_promised_inputs_and_outputs():
     }  # fmt: skip
     assert masking["required"]["prompts"][1]["multiline"] is True
     assert masking["optional"]["clipseg_model"] == ("CLIPSEG_MODEL",)
+    # example inputs come after the old optional widgets, so saved workflows keep their widget values
+    assert list(masking["optional"]) == [
+        "clipseg_model", "overlay_alpha", "example", "example_mask", "invert_example_mask", "example_mode",
+        "example_weight",
+    ]  # fmt: skip
+    assert masking["optional"]["example"][0] == "IMAGE" and masking["optional"]["example_mask"][0] == "MASK"
+    assert masking["optional"]["example_mode"][0] == ["separate", "blend"]
+    assert masking["optional"]["invert_example_mask"][1]["default"] is False
     assert TextmaskCLIPSegMasking.RETURN_TYPES == ("MASK", "IMAGE", "IMAGE")
     assert TextmaskCLIPSegMasking.RETURN_NAMES == ("mask", "mask_image", "heatmap")
+
+
+def test_example_node_declares_the_promised_inputs_and_outputs():
+    declared = TextmaskCLIPSegExampleMasking.INPUT_TYPES()
+    assert list(declared["required"]) == [
+        "images", "example", "normalize", "threshold", "blur", "grow", "invert", "batch_size",
+    ]  # fmt: skip
+    assert declared["required"]["images"] == ("IMAGE",) and declared["required"]["example"][0] == "IMAGE"
+    assert list(declared["optional"]) == [
+        "example_mask", "invert_example_mask", "example_background", "example_blur", "example_crop", "clipseg_model",
+        "overlay_alpha",
+    ]  # fmt: skip
+    assert declared["optional"]["example_mask"][0] == "MASK"
+    assert declared["optional"]["invert_example_mask"][0] == "BOOLEAN"
+    assert declared["optional"]["example_background"][1]["default"] == 0.1
+    assert declared["optional"]["example_blur"][1]["default"] == 3.0
+    assert declared["optional"]["example_crop"][1]["default"] is True
+    # the shared widgets are the text node's, so both nodes behave and read alike
+    text_node = TextmaskCLIPSegMasking.INPUT_TYPES()
+    for name in ("normalize", "threshold", "blur", "grow", "invert", "batch_size"):
+        assert declared["required"][name] == text_node["required"][name], name
+    assert TextmaskCLIPSegExampleMasking.RETURN_TYPES == ("MASK", "IMAGE", "IMAGE")
+    assert TextmaskCLIPSegExampleMasking.RETURN_NAMES == ("mask", "mask_image", "heatmap")
+    assert TextmaskCLIPSegExampleMasking.CATEGORY == "textmask/masking"
+    assert NODE_DISPLAY_NAME_MAPPINGS["TextmaskCLIPSegExampleMasking"] == "CLIPSeg Masking by Example (textmask)"
 
 
 def test_pack_import_is_cheap_and_works_like_comfyui_loads_it():
@@ -165,7 +200,8 @@ def test_pack_import_is_cheap_and_works_like_comfyui_loads_it():
         "module = importlib.util.module_from_spec(spec); sys.modules[spec.name] = module\n"
         "spec.loader.exec_module(module)\n"
         "assert sorted(module.NODE_CLASS_MAPPINGS) == ['SaltCLIPSegLoader', 'SaltCLIPSegMasking', "
-        "'TextmaskCLIPSegLoader', 'TextmaskCLIPSegMasking'], module.NODE_CLASS_MAPPINGS\n"
+        "'TextmaskCLIPSegExampleMasking', 'TextmaskCLIPSegLoader', 'TextmaskCLIPSegMasking'], "
+        "module.NODE_CLASS_MAPPINGS\n"
         "heavy = [m for m in ('torch', 'transformers', 'numpy', 'PIL') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         "print('ok')\n"
@@ -448,3 +484,105 @@ def test_runtime_conversions():
     assert (processor, model) == ("processor", "model") and pair[1] == "model" and isinstance(pair, tuple)
     clone = copy.deepcopy(pair)
     assert clone == pair and clone.folder == Path("x") and clone.dtype == "float32"
+
+
+# ------------------------------------------------------------------------------ visual prompts
+def cutout(height: int, width: int, seed: int = 21) -> tuple[torch.Tensor, torch.Tensor]:
+    """An example IMAGE ``[1, H, W, 3]`` and its object's shape ``[H, W]`` (1 = object), an off-centre blob."""
+    image = smooth_images(1, height, width, seed=seed)
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    shape = (((ys - height * 0.4) / (height * 0.25)) ** 2 + ((xs - width * 0.6) / (width * 0.2)) ** 2 <= 1).float()
+    return image, shape
+
+
+def test_example_node_is_the_engine_with_an_image_prompt(soft_pair):
+    from textmask.engine import session_from_hf
+    from textmask.prompts import ImagePrompt
+
+    images = smooth_images(3, 50, 70, seed=14)
+    example, shape = cutout(60, 80)
+    load_image_mask = (1.0 - shape)[None]  # Load Image's MASK: 1 - alpha, the cut-out's outside is 1
+    node = TextmaskCLIPSegExampleMasking()
+    mask, mask_image, heatmap = node.mask(
+        images, example, normalize="minmax", threshold=0.0, blur=1.0, grow=1, invert=False, batch_size=2,
+        example_mask=load_image_mask, invert_example_mask=True, example_background=0.2, example_blur=2.0,
+        example_crop=True, clipseg_model=soft_pair, overlay_alpha=0.3,
+    )  # fmt: skip
+    session = session_from_hf(*soft_pair)
+    prompt = ImagePrompt(example[0], mask=shape, background=0.2, blur=2.0, crop=True)
+    expected = session.mask(images, prompt, normalize="minmax", blur=1.0, grow=1, batch_size=2)
+    assert mask.shape == (3, 50, 70) and mask_image.shape == heatmap.shape == (3, 50, 70, 3)
+    assert torch.allclose(mask, expected, atol=1e-5)
+    assert mask.std().item() > 0.01, "a flat mask would prove nothing"
+    assert torch.equal(mask_image[..., 0], mask)
+    assert torch.allclose(heatmap, heatmap_overlay(images, mask, 0.3))
+
+    # The mask and its settings matter: unmasked, or the Load Image mask used as is, gives other masks.
+    plain, _, _ = node.mask(images, example, clipseg_model=soft_pair)
+    assert torch.allclose(plain, session.mask(images, ImagePrompt(example[0]), normalize="minmax"), atol=1e-5)
+    assert (plain - mask).abs().max().item() > 0.01
+    outside, _, _ = node.mask(images, example, example_mask=load_image_mask, clipseg_model=soft_pair)
+    assert (outside - mask).abs().max().item() > 0.01
+
+
+def test_example_node_averages_a_batch_of_examples_and_thresholds(soft_pair):
+    from textmask.engine import session_from_hf
+    from textmask.prompts import Blend, ImagePrompt
+
+    images = smooth_images(2, 40, 40, seed=15)
+    examples = smooth_images(2, 32, 48, seed=16)
+    node = TextmaskCLIPSegExampleMasking()
+    mask, _, _ = node.mask(images, examples, normalize="none", threshold=0.5, clipseg_model=soft_pair)
+    session = session_from_hf(*soft_pair)
+    soft = session.mask(images, Blend([ImagePrompt(examples[0]), ImagePrompt(examples[1])]), normalize="none")
+    assert torch.equal(mask, (soft > 0.5).float())
+    assert 0.0 < mask.mean().item() < 1.0
+
+
+def test_advanced_node_takes_text_and_example_together(soft_pair):
+    from textmask.engine import session_from_hf
+    from textmask.prompts import Blend, ImagePrompt
+
+    images = smooth_images(2, 44, 60, seed=17)
+    example, shape = cutout(40, 40, seed=18)
+    session = session_from_hf(*soft_pair)
+    node = TextmaskCLIPSegMasking()
+    common = dict(negative_prompts="grass", normalize="none", clipseg_model=soft_pair)
+    visual = ImagePrompt(example[0], mask=shape)
+
+    separate, _, _ = node.mask(images, "a cat", example=example, example_mask=shape[None], **common)
+    expected = session.mask(images, ["a cat", visual], negative_prompts=["grass"], normalize="none")
+    assert torch.allclose(separate, expected, atol=1e-5)
+
+    blended, _, _ = node.mask(
+        images, "a cat\na dog", example=example, example_mask=shape[None], example_mode="blend", example_weight=3.0,
+        combine="intersection", **common,
+    )  # fmt: skip
+    prompts = [Blend(["a cat", visual], weights=[1, 3]), Blend(["a dog", visual], weights=[1, 3])]
+    expected = session.mask(images, prompts, negative_prompts=["grass"], normalize="none", combine="intersection")
+    assert torch.allclose(blended, expected, atol=1e-5)
+    assert (blended - separate).abs().max().item() > 1e-3
+
+    alone, _, _ = node.mask(images, "  ", example=example, **common)  # no text: the example alone
+    expected = session.mask(images, ImagePrompt(example[0]), negative_prompts=["grass"], normalize="none")
+    assert torch.allclose(alone, expected, atol=1e-5)
+    with pytest.raises(PromptError, match="mix"):
+        node.mask(images, "a cat", example=example, example_mode="sum", **common)
+
+
+def test_example_masks_from_load_image_get_clear_errors(soft_pair):
+    images = smooth_images(1, 30, 30)
+    example, shape = cutout(50, 50)
+    node = TextmaskCLIPSegExampleMasking()
+    with pytest.raises(PromptError, match="Load Image outputs for an image without transparency"):
+        node.mask(images, example, example_mask=torch.zeros(1, 64, 64), clipseg_model=soft_pair)
+    with pytest.raises(PromptError, match=r"empty.*invert_example_mask off"):  # 1 - alpha of a transparent image
+        node.mask(
+            images, example, example_mask=torch.ones(1, 50, 50), invert_example_mask=True, clipseg_model=soft_pair
+        )
+    with pytest.raises(PromptError, match="must match"):
+        node.mask(images, example, example_mask=shape[None, :40], clipseg_model=soft_pair)
+    with pytest.raises(PromptError, match="2 example images but 3 masks"):
+        node.mask(images, example.expand(2, -1, -1, -1), example_mask=shape.expand(3, -1, -1), clipseg_model=soft_pair)
+    with pytest.raises(PromptError, match="example"):
+        node.mask(images, None, clipseg_model=soft_pair)

@@ -106,3 +106,9 @@ def test_mask_options_from_kwargs_rejects_unknown_names() -> None:
     assert pp.MaskOptions.from_kwargs(threshold=0.3).threshold == 0.3
     with pytest.raises(TypeError, match="unknown mask option"):
         pp.MaskOptions.from_kwargs(treshold=0.3)
+
+
+def test_vanishing_softness_is_a_hard_threshold() -> None:
+    """Found by hypothesis: a softness of 6e-174 divided by itself gave NaN."""
+    mask = t([[0.1, 0.5, 0.9]])
+    assert torch.equal(pp.threshold(mask, 0.5, softness=6e-174), pp.threshold(mask, 0.5))

@@ -431,7 +431,7 @@ def test_empty_prompt_policy(tiny_session, reference, tmp_path: Path, tiny_model
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     for prompt in ("", "   "):
         result = _cli(str(tmp_path / "a.png"), "-p", prompt, model=tiny_model_dir, out=tmp_path / "out")
-        assert result.exit_code == 2 and "a prompt is empty" in result.stderr
+        assert result.exit_code == 2 and "is empty; describe what to mask" in result.stderr
     result = _cli(str(tmp_path / "a.png"), "-p", "cat", "-n", " ", model=tiny_model_dir, out=tmp_path / "out")
     assert result.exit_code == 2 and not (tmp_path / "out").exists()
 
@@ -477,20 +477,21 @@ def test_many_prompts_in_one_call(tiny_session, monkeypatch) -> None:
     """Prompts are encoded and decoded in bounded groups; a call may hold more prompts than the cache."""
     import textmask.engine as engine
 
+    session = Segmenter(tiny_session.loaded)  # its own prompt cache: the shared session's stays as it is
     images = torch.rand(1, 20, 24, 3, generator=torch.Generator().manual_seed(5))
     prompts = [f"many prompts {index}" for index in range(150)]  # 3 decoder passes of at most 64 pairs
-    maps = tiny_session.predict(images, prompts)
+    maps = session.predict(images, prompts)
     assert maps.shape == (1, 150, 20, 24)
-    union = tiny_session.mask(images, prompts)
+    union = session.mask(images, prompts)
     torch.testing.assert_close(union, maps.amax(dim=1), atol=1e-6, rtol=0)
     # a cache smaller than one call's prompts, and small text groups: every embedding still arrives
     monkeypatch.setattr(engine, "_PROMPT_CACHE_SIZE", 8)
     monkeypatch.setattr(engine, "_TEXTS_PER_PASS", 16)
     fresh = [f"evicted prompt {index}" for index in range(40)]
-    embeddings = tiny_session.encode_prompts(fresh)
-    assert embeddings.shape[0] == 40 and len(tiny_session._prompt_cache) == 8
+    embeddings = session.encode_prompts(fresh)
+    assert embeddings.shape[0] == 40 and len(session._prompt_cache) == 8
     for index in (0, 17, 39):
-        torch.testing.assert_close(embeddings[index], tiny_session.encode_prompts(fresh[index])[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(embeddings[index], session.encode_prompts(fresh[index])[0], atol=1e-5, rtol=0)
 
 
 def test_many_prompts_in_the_node_and_cli(reference, tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -570,13 +571,13 @@ def _oom_above(limit: int, monkeypatch, error: BaseException | None = None) -> l
 
 def test_out_of_memory_halves_the_batch(tiny_session, monkeypatch, caplog) -> None:
     images = torch.rand(5, 24, 32, 3, generator=torch.Generator().manual_seed(3))
-    prompts = ["a cat", "a dog"]
-    expected = tiny_session.mask(images, prompts, negative_prompts="grass", batch_size=2)
+    prompts = ["a kitten", "a puppy"]  # not the other test files' prompts: the shared session caches embeddings
+    expected = tiny_session.mask(images, prompts, negative_prompts="lawn", batch_size=2)
     seen = _oom_above(2, monkeypatch)
     progress: list[int] = []
     with caplog.at_level(logging.WARNING, logger="textmask"):
         got = tiny_session.mask(
-            images, prompts, negative_prompts="grass", batch_size=8, progress=lambda d, t: progress.append(d)
+            images, prompts, negative_prompts="lawn", batch_size=8, progress=lambda d, t: progress.append(d)
         )
     assert seen == [5, 4, 2, 2, 1]  # 8 (all 5) fails, 4 fails, then 2 at a time (and the last one)
     assert progress == [2, 4, 5]
@@ -618,6 +619,13 @@ def test_out_of_memory_at_one_image_is_a_clear_error(tiny_session, reference, mo
 
 
 # =============================================================================== interruption
+def age(folder: Path, seconds: float = 600) -> None:
+    """Make every hidden file and folder under ``folder`` look ``seconds`` old."""
+    then = time.time() - seconds
+    for path in folder.rglob(".*"):
+        os.utime(path, (then, then))
+
+
 def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
     gone, alive = dead_pid(), os.getppid()
     (tmp_path / "sub").mkdir()
@@ -628,8 +636,10 @@ def test_stale_temporaries_are_removed_and_live_ones_kept(tmp_path: Path) -> Non
     (tmp_path / f".c.cat.png.{alive}.part").write_bytes(b"a parallel run is writing this")
     (tmp_path / "a.cat.png").write_bytes(b"complete")
     (tmp_path / ".hidden").write_bytes(b"not ours")
+    age(tmp_path)
+    (tmp_path / f".d.cat.png.{gone}.part").write_bytes(b"still changing: another machine may be writing it")
     assert remove_stale_temporaries(tmp_path) == 3
-    assert files_in(tmp_path) == {"a.cat.png", ".hidden", f".c.cat.png.{alive}.part"}
+    assert files_in(tmp_path) == {"a.cat.png", ".hidden", f".c.cat.png.{alive}.part", f".d.cat.png.{gone}.part"}
     assert remove_stale_temporaries(tmp_path / "missing") == 0
 
 
@@ -659,6 +669,7 @@ def test_sigkill_mid_run_then_rerun(tmp_path: Path, tiny_model_dir: Path) -> Non
             assert image.size == (16, 16)
     # what a kill during a write leaves behind (whether or not this run was caught mid-write)
     (out / f".029.cat.png.{process.pid}.part").write_bytes(b"\x89PNG half written")
+    age(out)  # the rerun comes later (temporaries younger than 2 minutes may belong to another machine's run)
     rerun = invoke(*args, "--json")
     summary = json.loads(rerun.stdout)
     assert rerun.exit_code == 0 and summary["processed"] + summary["skipped"] == 30
@@ -676,20 +687,23 @@ def test_full_or_read_only_disk_stops_and_keeps_what_was_written(tiny_model_dir,
     out = tmp_path / "out"
     assert _cli(str(folder), "-p", "cat", model=tiny_model_dir, out=out).exit_code == 0
     before = {name: (out / name).read_bytes() for name in files_in(out)}
-    real_save = Image.Image.save
+    real_write = Path.write_bytes
     calls: list[str] = []
 
-    def fail_after_first(self, fp, *args, **kwargs):
-        calls.append(str(fp))
+    def fail_after_first(self: Path, data: bytes) -> int:
+        if not self.name.endswith(".part"):
+            return real_write(self, data)
+        calls.append(self.name)
         if len(calls) == 1:
-            return real_save(self, fp, *args, **kwargs)
-        Path(fp).write_bytes(b"\x89PNG\r\n\x1a\n partial")  # the disk fills up halfway through the file
+            return real_write(self, data)
+        with open(self, "wb") as partial:  # the disk fills up halfway through the file
+            partial.write(data[: len(data) // 2])
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(Image.Image, "save", fail_after_first)
+    monkeypatch.setattr(Path, "write_bytes", fail_after_first)
     result = _cli(str(folder), "-p", "cat", "--invert", "--overwrite", "-b", "1", model=tiny_model_dir, out=out)
     assert result.exit_code == 3 and os.strerror(code) in result.stderr and "stopping" in result.stderr
-    assert all(Path(call).name.startswith(".") and call.endswith(".part") for call in calls)  # temporary names
+    assert len(calls) == 2 and all(call.startswith(".") for call in calls)  # written under temporary names
     assert files_in(out) == set(before)  # no temporary left behind
     changed = [name for name in before if (out / name).read_bytes() != before[name]]
     assert changed == ["0.cat.png"]  # rewritten before the disk filled up; the others untouched
@@ -700,14 +714,14 @@ def test_permission_denied_on_one_output_fails_only_that_input(tiny_model_dir, t
     folder.mkdir()
     for index in range(3):
         Image.new("RGB", (8, 8), (index * 60, 0, 0)).save(folder / f"{index}.png")
-    real_save = Image.Image.save
+    real_write = Path.write_bytes
 
-    def deny_one(self, fp, *args, **kwargs):
-        if ".1.cat.png." in str(fp):
+    def deny_one(self: Path, data: bytes) -> int:
+        if self.name.startswith(".1.cat.png."):
             raise PermissionError(errno.EACCES, "Permission denied")
-        return real_save(self, fp, *args, **kwargs)
+        return real_write(self, data)
 
-    monkeypatch.setattr(Image.Image, "save", deny_one)
+    monkeypatch.setattr(Path, "write_bytes", deny_one)
     result = _cli(str(folder), "-p", "cat", "-b", "1", model=tiny_model_dir, out=tmp_path / "out")
     assert result.exit_code == 1 and "1.png: cannot write its output: " in result.stderr
     assert files_in(tmp_path / "out") == {"0.cat.png", "2.cat.png"}

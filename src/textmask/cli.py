@@ -121,9 +121,54 @@ def main() -> None:
 # --------------------------------------------------------------------------------------------- mask
 @main.command("mask", context_settings=CONTEXT)
 @click.argument("inputs", nargs=-1, metavar="INPUT...")
-@click.option("-p", "--prompt", "prompts", multiple=True, metavar="TEXT", help="What to mask (repeat for more).")
+@click.option(
+    "-p",
+    "--prompt",
+    "prompts",
+    multiple=True,
+    metavar="TEXT",
+    help="What to mask (repeat for more). image:PATH: an example image, mask what looks like it; "
+    "text:... a literal text.",
+)
 @click.option("-o", "--output-dir", "outdir", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("-n", "--negative", "negatives", multiple=True, metavar="TEXT", help="Subtract what this matches.")
+@click.option("--example", "examples", multiple=True, metavar="PATH", help="An example image prompt (= -p image:PATH).")
+@click.option(
+    "--example-mask",
+    "example_masks",
+    multiple=True,
+    metavar="PATH|alpha|none",
+    help="Marks the object in the example (white = object; alpha: its transparency; none). Once for all "
+    "examples, or once per example.",
+)
+@click.option(
+    "--example-background",
+    type=click.FloatRange(0, 1),
+    default=0.1,
+    show_default=True,
+    metavar="F",
+    help="Masked examples: how much of the background is kept.",
+)
+@click.option(
+    "--example-blur",
+    type=click.FloatRange(min=0),
+    default=3.0,
+    show_default=True,
+    metavar="SIGMA",
+    help="Masked examples: background blur, pixels at 352 px.",
+)
+@click.option(
+    "--example-crop/--no-example-crop", default=True, show_default=True, help="Masked examples: crop to the object."
+)
+@click.option("--blend", is_flag=True, help="Average all prompts (texts and examples) into one prompt: one mask.")
+@click.option(
+    "--example-weight",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    metavar="W",
+    help="With --blend: an example's weight against a text.",
+)
 @click.option(
     "--combine",
     type=click.Choice(["each", "union", "intersection"]),
@@ -186,6 +231,27 @@ def main() -> None:
     help="Read input paths from a file, one per line ('-': stdin).",
 )
 @click.option("--overwrite", is_flag=True, help="Rewrite outputs that exist (default: skip them, i.e. resume).")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this process; ray: Ray actors on a local Ray or a cluster (see docs/ray.md).",
+)
+@click.option(
+    "--ray-address", metavar="ADDRESS", help="--engine ray: cluster to join [default: RAY_ADDRESS, else local]."
+)
+@click.option("--actors", type=click.IntRange(min=1), help="--engine ray: model replicas [default: as many as fit].")
+@click.option(
+    "--cpus-per-actor",
+    type=click.FloatRange(min=0),
+    help="--engine ray: CPUs each actor reserves; fractions pack several per core [default: 1].",
+)
+@click.option(
+    "--gpus-per-actor",
+    type=click.FloatRange(min=0),
+    help="--engine ray: GPUs each actor reserves (0.5: two per GPU) [default: 1 if the cluster has GPUs, else 0].",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary unless something failed.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 def mask_command(
@@ -193,6 +259,13 @@ def mask_command(
     prompts: tuple[str, ...],
     outdir: str,
     negatives: tuple[str, ...],
+    examples: tuple[str, ...],
+    example_masks: tuple[str, ...],
+    example_background: float,
+    example_blur: float,
+    example_crop: bool,
+    blend: bool,
+    example_weight: float,
     combine: str,
     threshold: float | None,
     softness: float,
@@ -215,6 +288,11 @@ def mask_command(
     globs: tuple[str, ...],
     files_from: Any,
     overwrite: bool,
+    engine: str,
+    ray_address: str | None,
+    actors: int | None,
+    cpus_per_actor: float | None,
+    gpus_per_actor: float | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -222,15 +300,18 @@ def mask_command(
 
     INPUT is a file, a folder, or '-' for one image on stdin. Outputs are named
     OUTDIR/<relative path without suffix>.<prompt>.png (see docs/cli.md); outputs that already exist are
-    skipped unless --overwrite, so an interrupted run resumes where it stopped.
-    """
-    from .io import CollisionError, check_writable, discover_inputs, make_targets
+    skipped unless --overwrite, so an interrupted run resumes where it stopped. With --engine ray the same
+    files are written by Ray actors (OUTDIR may then also be a URI such as s3://bucket/masks).
 
-    if not prompts:
-        raise click.UsageError("give at least one prompt with -p/--prompt, e.g. -p 'a cat'")
-    for prompt in (*prompts, *negatives):
-        if not prompt.strip():
-            raise click.UsageError("a prompt is empty; describe what to mask, e.g. -p 'a cat'")
+    A prompt is a text, or an example image (-p image:PATH or --example PATH; outputs
+    <name>.example-<file stem>.png): CLIPSeg then masks what looks like the example.
+    """
+    from .io import CollisionError, build_prompts, check_writable, discover_inputs, make_targets
+
+    if not prompts and not examples:
+        raise click.UsageError("give at least one prompt with -p/--prompt, e.g. -p 'a cat' or -p image:example.png")
+    if example_weight != 1.0 and not blend:
+        raise click.UsageError("--example-weight only matters with --blend")
     sources = list(inputs)
     if files_from is not None:
         if files_from.name == "<stdin>" and "-" in sources:
@@ -238,6 +319,15 @@ def mask_command(
         sources += [line.strip() for line in files_from if line.strip()]
     if not sources:
         raise click.UsageError("give at least one INPUT (file, folder or '-'), or --files-from")
+    ray_options = {"--ray-address": ray_address, "--actors": actors}
+    ray_options.update({"--cpus-per-actor": cpus_per_actor, "--gpus-per-actor": gpus_per_actor})
+    if engine != "ray":
+        given = [name for name, value in ray_options.items() if value is not None]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} only apply with --engine ray")
+    remote_output = "://" in outdir and not outdir.startswith("file://")
+    if remote_output and engine != "ray":
+        raise click.UsageError(f"output folder {outdir}: URIs need --engine ray; the local engine writes to a folder")
 
     from .jobs import MaskJob
     from .postprocess import MaskOptions
@@ -253,8 +343,13 @@ def mask_command(
             feather=feather,
             invert=invert,
         )
-        targets = make_targets(prompts, combine)
-        discovery = discover_inputs(sources, globs=globs, exclude=outdir)
+        settings = dict(background=example_background, blur=example_blur, crop=example_crop)
+        positive = build_prompts(
+            prompts, examples, example_masks, blend=blend, example_weight=example_weight, **settings
+        )
+        negative = build_prompts(negatives, name="negative prompt")
+        targets = make_targets(positive, combine)
+        discovery = discover_inputs(sources, globs=globs, exclude=None if remote_output else outdir)
     except CollisionError as exc:
         raise click.UsageError(str(exc)) from None
     except ValueError as exc:
@@ -263,17 +358,21 @@ def mask_command(
         known = " (images: png jpg webp bmp tif...; videos: mp4 mov webm mkv gif)"
         hint = f" matching {list(globs)}" if globs else known
         raise click.UsageError(f"no images or videos found in {', '.join(sources)}{hint}")
+    filesystem, root = None, outdir
     try:
-        check_writable(outdir)
+        if engine == "ray":
+            filesystem, root = _ray_output(outdir)
+        if filesystem is None:
+            check_writable(root)
     except OSError as exc:
         _err(str(exc))
         sys.exit(EXIT_CANNOT_RUN)
 
     video_forms = ("video", "frames") if video_output == "both" else (video_output,)
     job = MaskJob(
-        outdir=Path(outdir),
+        outdir=Path(root),
         targets=targets,
-        negative_prompts=tuple(dict.fromkeys(negatives)),
+        negative_prompts=tuple(negative),
         options=options,
         kinds=tuple(dict.fromkeys(kinds or ("mask",))),
         bits=int(bits),
@@ -287,15 +386,26 @@ def mask_command(
     started = time.perf_counter()
     with _Warnings() as caught, _StopOnInterrupt(announce=not as_json) as stop:
         try:
-            session = None
-            if any(job.plan(item) for item in discovery.items):  # everything done already: no model needed
-                session = _load_session(model, device, dtype, cache_dir, allow_pickle)
-                summary.update(device=str(session.device), dtype=str(session.dtype).removeprefix("torch."))
-                from .info import is_random_model
+            if engine == "ray":
+                summary.update(engine="ray", device=device, dtype=dtype)
+                ray_settings = (ray_address, actors, cpus_per_actor, gpus_per_actor, filesystem)
+                model_settings = (model, device, dtype, cache_dir, allow_pickle)
+                report = _run_on_ray(discovery, job, model_settings, ray_settings, show_progress, stop)
+                summary.update(device=report.cluster.get("device", device))
+            else:
+                session = None
+                if any(job.plan(item) for item in discovery.items):  # everything done already: no model needed
+                    session = _load_session(model, device, dtype, cache_dir, allow_pickle)
+                    summary.update(device=str(session.device), dtype=str(session.dtype).removeprefix("torch."))
+                    from .info import is_random_model
 
-                if is_random_model(session.loaded.folder):
-                    warnings.warn(RANDOM_NOTE.format(model=model), stacklevel=1)
-            report = _run_with_progress(session, discovery, job, show_progress, stop)
+                    if is_random_model(session.loaded.folder):
+                        warnings.warn(RANDOM_NOTE.format(model=model), stacklevel=1)
+                report = _run_with_progress(
+                    discovery,
+                    show_progress,
+                    lambda progress, failed: _run_local(session, discovery, job, stop, progress, failed),
+                )
         except KeyboardInterrupt:
             _err("interrupted")
             if as_json:
@@ -334,11 +444,82 @@ def _load_session(model: str, device: str, dtype: str, cache_dir: str | None, al
         raise click.UsageError(str(exc)) from None
 
 
-def _run_with_progress(session: Any, discovery: Any, job: Any, show: bool, stop: _StopOnInterrupt) -> Any:
-    """Run the job with a tqdm bar on stderr (items/s, ETA) when ``show``; failures are printed as they come."""
+def _run_local(session: Any, discovery: Any, job: Any, stop: _StopOnInterrupt, progress: Any, failed: Any) -> Any:
+    from .jobs import run_job
+
+    return run_job(session, discovery.items, job, progress=progress, should_stop=stop, on_failure=failed)
+
+
+def _ray_output(outdir: str) -> tuple[Any, str]:
+    """``(pyarrow filesystem or None, path in it)`` for ``--engine ray``'s OUTDIR (a folder or a URI)."""
+    ray_data = _ray_module()
+    try:
+        return ray_data.resolve_output(outdir)
+    except (ValueError, ImportError) as exc:  # pyarrow: unknown scheme, missing filesystem support
+        raise click.UsageError(f"output folder {outdir}: {exc}") from None
+
+
+def _ray_module() -> Any:
+    try:
+        from . import ray_data
+    except ImportError:
+        raise click.UsageError("--engine ray needs Ray Data: pip install 'textmask[ray]'") from None
+    return ray_data
+
+
+def _run_on_ray(
+    discovery: Any, job: Any, model_settings: tuple, ray_settings: tuple, show: bool, stop: _StopOnInterrupt
+) -> Any:
+    """``--engine ray``: the same job on Ray actors (textmask.ray_data does the work)."""
+    ray_data = _ray_module()
+    from .errors import TextmaskError
+    from .model import RANDOM_SOURCES
+
+    _quiet_libraries()
+    model, device, dtype, cache_dir, allow_pickle = model_settings
+    address, actors, cpus, gpus, filesystem = ray_settings
+    if model in RANDOM_SOURCES or (Path(model).is_dir() and _is_random_folder(model)):
+        warnings.warn(RANDOM_NOTE.format(model=model), stacklevel=1)
+    spec = ray_data.ModelSpec(model=model, device=device, dtype=dtype, cache_dir=cache_dir, allow_pickle=allow_pickle)
+    resources = ray_data.Resources(actors=actors, cpus_per_actor=1.0 if cpus is None else cpus, gpus_per_actor=gpus)
+
+    def run(progress: Any, failed: Any) -> Any:
+        return ray_data.run_ray_job(
+            discovery.items,
+            job,
+            spec,
+            resources,
+            filesystem=filesystem,
+            address=address,
+            progress=progress,
+            should_stop=stop,
+            on_failure=failed,
+        )
+
+    try:
+        return _run_with_progress(discovery, show, run)
+    except TextmaskError as exc:  # the model cannot be found or built on this machine
+        _err(str(exc))
+        sys.exit(EXIT_CANNOT_RUN)
+    except ValueError as exc:  # resources the cluster cannot give (GPUs, device)
+        raise click.UsageError(str(exc)) from None
+    except ConnectionError as exc:
+        _err(f"cannot connect to Ray{' at ' + address if address else ''}: {exc}")
+        sys.exit(EXIT_CANNOT_RUN)
+
+
+def _is_random_folder(folder: str) -> bool:
+    from .info import is_random_model
+
+    return is_random_model(folder)
+
+
+def _run_with_progress(discovery: Any, show: bool, run: Any) -> Any:
+    """``run(progress, on_failure)`` with a tqdm bar on stderr (items/s, ETA) when ``show``; failures are
+    printed as they come."""
     from tqdm import tqdm
 
-    from .jobs import Failure, run_job
+    from .jobs import Failure
 
     unit = "item" if any(item.kind == "video" for item in discovery.items) else "img"  # videos count frames
     bars: list[Any] = []
@@ -361,7 +542,7 @@ def _run_with_progress(session: Any, discovery: Any, job: Any, show: bool, stop:
             _err(f"failed: {message}")
 
     try:
-        return run_job(session, discovery.items, job, progress=progress, should_stop=stop, on_failure=failed)
+        return run(progress, failed)
     finally:
         for bar in bars:
             bar.close()

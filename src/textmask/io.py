@@ -34,11 +34,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from .errors import InputError, TextmaskError
+from .errors import InputError, PromptError, TextmaskError
+from .images import _is_pil
+from .prompts import IMAGE_PREFIX, Blend, ImagePrompt, Prompt, TextPrompt, check_prompt, parse_prompt
 
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pnm", ".tga"}
@@ -179,14 +182,7 @@ def discover_inputs(
         else:
             add(text, path.name, input_kind(path))
 
-    def stem(relative: str) -> str:
-        if relative == "stdin":
-            return relative
-        head, _, name = relative.rpartition("/")
-        base = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
-        return f"{head}/{base}" if head else base
-
-    keys = [stem(relative) for _, relative, _ in found]
+    keys = [input_key(relative) for _, relative, _ in found]
     counts: dict[str, int] = {}
     for key in keys:
         counts[key] = counts.get(key, 0) + 1
@@ -203,17 +199,168 @@ def discover_inputs(
     return Discovery(items=items, ignored=ignored)
 
 
+def input_key(relative: str) -> str:
+    """An input's key from its ``/``-separated path relative to its folder: the path without the suffix
+    (``"2024/garden.jpg"`` → ``"2024/garden"``; ``"stdin"`` stays). :func:`discover_inputs` keeps the suffix
+    instead when two inputs would share a key."""
+    if relative == "stdin":
+        return relative
+    head, _, name = relative.rpartition("/")
+    base = name.rsplit(".", 1)[0] if "." in name.lstrip(".") else name
+    return f"{head}/{base}" if head else base
+
+
+# ------------------------------------------------------------------------------------------- prompts
+def build_prompts(
+    specs: Sequence[str] = (),
+    examples: Sequence[str | os.PathLike] = (),
+    example_masks: Sequence[str | os.PathLike] = (),
+    *,
+    blend: bool = False,
+    example_weight: float = 1.0,
+    name: str = "prompt",
+    **image_settings: Any,
+) -> list[Prompt]:
+    """Command-line prompts → checked prompts (text, example images, or one blend of them).
+
+    Args:
+        specs: prompt strings (:func:`textmask.prompts.parse_prompt`): text, ``"image:PATH"`` (an example
+            image), or ``"text:..."`` (a literal text, e.g. one that starts with ``image:``).
+        examples: more example image files, after those among ``specs``.
+        example_masks: masks of the examples (white = object): a file, ``"alpha"`` (the example's own
+            transparency) or ``"none"``. One for every example, or one per example in order (the ``image:``
+            specs first, then ``examples``).
+        blend: average all the prompts into one (:class:`~textmask.prompts.Blend`): texts weigh 1, examples
+            ``example_weight``.
+        example_weight: an example's weight against a text in the blend.
+        name: what to call the prompts in errors (``"prompt"``, ``"negative prompt"``).
+        image_settings: :class:`~textmask.prompts.ImagePrompt` fields (``background``, ``blur``, ``crop``...).
+
+    Returns:
+        the prompts in order, without repeats (same text, or same example file with the same mask).
+        Example files and masks have been read and checked (:func:`textmask.prompts.check_prompt`).
+
+    Raises:
+        PromptError: an empty text, a missing or unreadable example or mask, a mask count that fits no example.
+    """
+    parsed = [(spec, parse_prompt(spec)) for spec in specs]
+    for spec, prompt in parsed:
+        if isinstance(prompt, str) and not prompt.strip():
+            raise PromptError(f"{name} {spec!r} is empty; describe what to mask, e.g. 'a cat'")
+    example_specs = [spec for spec, prompt in parsed if isinstance(prompt, ImagePrompt)]
+    example_specs += [IMAGE_PREFIX + os.fspath(path) for path in examples]
+    masks = [os.fspath(mask) for mask in example_masks]
+    if masks and not example_specs:
+        raise PromptError(f"{len(masks)} example mask(s) but no example image; add one with image:PATH")
+    if len(masks) == 1:
+        masks *= len(example_specs)
+    elif masks and len(masks) != len(example_specs):
+        raise PromptError(
+            f"{len(masks)} example masks for {len(example_specs)} example images; give one mask for all, "
+            "or one per example (image: prompts first, then the other examples)"
+        )
+    masks = masks or ["none"] * len(example_specs)
+    settings = dict(image_settings, weight=example_weight)
+
+    def example(spec: str, mask: str) -> ImagePrompt:
+        given = None if mask.lower() == "none" else ("alpha" if mask.lower() == "alpha" else Path(mask))
+        prompt = parse_prompt(spec, mask=given, **settings)
+        shown = spec[len(IMAGE_PREFIX) :] + ("" if given is None else f" (mask {mask})")
+        check_prompt(prompt, f"{name} example {shown}")
+        assert isinstance(prompt, ImagePrompt)
+        return prompt
+
+    pairs = iter(zip(example_specs, masks))
+    prompts: list[Prompt] = []
+    for _, prompt in parsed:
+        prompts.append(example(*next(pairs)) if isinstance(prompt, ImagePrompt) else prompt)
+    prompts += [example(spec, mask) for spec, mask in pairs]
+    unique = list(_by_label(prompts).values())
+    if blend and len(unique) > 1:
+        return [Blend(unique)]  # each item's own weight: 1 for a text, example_weight for an example
+    return unique
+
+
+def _by_label(prompts: Iterable[Any]) -> dict[str, Any]:
+    """``{prompt_label: prompt}`` in order, the first of repeats kept."""
+    unique: dict[str, Any] = {}
+    for prompt in prompts:
+        unique.setdefault(prompt_label(prompt), prompt)
+    return unique
+
+
+def _content_hash(value: Any) -> str:
+    """A short hash of an in-memory image or mask (tensor, array, PIL image)."""
+    if _is_pil(value):
+        return _hash8(f"{value.mode}{value.size}") + _hash_bytes(value.tobytes())
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        return _hash8(f"{tensor.dtype}{tuple(tensor.shape)}") + _hash_bytes(tensor.view(-1).view(torch.uint8).numpy())
+    return _hash8(repr(value))
+
+
+def _hash_bytes(data: Any) -> str:
+    return hashlib.sha1(data).hexdigest()[:8]
+
+
+def _source_label(value: Any) -> str:
+    return os.fspath(value) if isinstance(value, (str, os.PathLike)) else "#" + _content_hash(value)
+
+
+def prompt_label(prompt: Any) -> str:
+    """A prompt's identity as text, stable from run to run: the text itself, ``image:PATH`` (plus
+    ``|mask:PATH``) for an example, ``blend(w*label, ...)`` for a blend. In-memory images count by content."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, TextPrompt):
+        return prompt.text
+    if isinstance(prompt, Blend):
+        items = ", ".join(f"{w:g}*{prompt_label(p)}" for p, w in zip(prompt.prompts, prompt.item_weights()))
+        return f"blend({items})"
+    if isinstance(prompt, ImagePrompt):
+        label = IMAGE_PREFIX + _source_label(prompt.image)
+        return label if prompt.mask is None else f"{label}|mask:{_source_label(prompt.mask)}"
+    return IMAGE_PREFIX + _source_label(prompt)  # a bare image
+
+
+def _words(text: str) -> str:
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    return re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+
+
+def _raw_slug(prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return _words(prompt)
+    if isinstance(prompt, TextPrompt):
+        return _words(prompt.text)
+    if isinstance(prompt, Blend):
+        return "~".join(_raw_slug(p) or f"prompt-{_hash8(prompt_label(p))}" for p in prompt.prompts)
+    image = prompt.image if isinstance(prompt, ImagePrompt) else prompt
+    is_file = isinstance(image, (str, os.PathLike))
+    slug = "example-" + ((_words(Path(image).stem) if is_file else "") or _hash8(prompt_label(prompt)))
+    mask = prompt.mask if isinstance(prompt, ImagePrompt) else None
+    if isinstance(mask, str) and mask == "alpha":
+        slug += "-alpha"
+    elif isinstance(mask, (str, os.PathLike)):
+        slug += "-mask-" + (_words(Path(mask).stem) or _hash8(os.fspath(mask)))
+    elif mask is not None:
+        slug += "-masked"
+    return slug
+
+
 # ------------------------------------------------------------------------------------------- targets
 @dataclass(frozen=True)
 class MaskTarget:
     """One mask to make per input: these prompts combined (one prompt for ``combine="each"``).
 
     Attributes:
-        prompts: the positive prompts merged into this mask.
-        slug: the file-name part that says which (``"a-cat"``, ``"cat+dog"``).
+        prompts: the positive prompts merged into this mask (texts, example images, blends).
+        slug: the file-name part that says which (``"a-cat"``, ``"cat+dog"``, ``"example-mug"``).
     """
 
-    prompts: tuple[str, ...]
+    prompts: tuple[Any, ...]
     slug: str
 
 
@@ -221,31 +368,38 @@ def _hash8(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
 
 
-def prompt_slug(prompt: str, max_length: int = _SLUG_LENGTH) -> str:
+def prompt_slug(prompt: Any, max_length: int = _SLUG_LENGTH) -> str:
     """A file-name-safe, readable form of a prompt: ``"A red Car!"`` → ``"a-red-car"``.
 
     Lower-case ASCII letters and digits joined by ``-``; accents are dropped (``café`` → ``cafe``). A prompt
     with nothing left (emoji, other scripts) becomes ``prompt-<hash>``; one longer than ``max_length`` is
     cut and gets ``-<hash>`` so different long prompts stay apart.
+
+    An example image is ``example-<file stem>`` (``image:shots/Mug 2.png`` → ``example-mug-2``), plus
+    ``-alpha`` or ``-mask-<mask file stem>`` when it has a mask (``-masked`` for an in-memory mask; an
+    in-memory image is ``example-<content hash>``). A blend joins its items with ``~``
+    (``a-red-mug~example-mug``). The hash is of :func:`prompt_label`, so names are stable from run to run.
     """
-    ascii_text = unicodedata.normalize("NFKD", prompt).encode("ascii", "ignore").decode("ascii")
-    slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
+    slug = _raw_slug(prompt)
     if not slug:
-        return f"prompt-{_hash8(prompt)}"
+        return f"prompt-{_hash8(prompt_label(prompt))}"
     if len(slug) > max_length:
-        return f"{slug[:max_length].rstrip('-')}-{_hash8(prompt)}"
+        return f"{slug[:max_length].rstrip('-~')}-{_hash8(prompt_label(prompt))}"
     return slug
 
 
-def make_targets(prompts: Sequence[str], combine: str = "each") -> list[MaskTarget]:
+def make_targets(prompts: Sequence[Any], combine: str = "each") -> list[MaskTarget]:
     """The masks to make for these prompts.
 
     Args:
-        prompts: the positive prompts, in order (duplicates are dropped).
+        prompts: the positive prompts, in order (repeats, by :func:`prompt_label`, are dropped): texts,
+            example images, blends (:func:`build_prompts`).
         combine: ``"each"`` (one mask per prompt), ``"union"`` (one mask: any prompt; slug ``a+b``) or
             ``"intersection"`` (one mask: every prompt; slug ``a_and_b``).
     """
-    prompts = list(dict.fromkeys(prompts))
+    labels = _by_label(prompts)
+    prompts = list(labels.values())
+    names = list(labels)
     if not prompts:
         raise ValueError("give at least one prompt")
     if combine not in COMBINE_CHOICES:
@@ -253,12 +407,12 @@ def make_targets(prompts: Sequence[str], combine: str = "each") -> list[MaskTarg
     if combine == "each":
         slugs = [prompt_slug(p) for p in prompts]
         clashes = {s for s in slugs if slugs.count(s) > 1}
-        slugs = [f"{s}-{_hash8(p)}" if s in clashes else s for s, p in zip(slugs, prompts)]
+        slugs = [f"{s}-{_hash8(n)}" if s in clashes else s for s, n in zip(slugs, names)]
         return [MaskTarget((p,), s) for p, s in zip(prompts, slugs)]
     joiner = "+" if combine == "union" else "_and_"
     slug = joiner.join(prompt_slug(p, max_length=24) for p in prompts)
     if len(slug) > 2 * _SLUG_LENGTH:
-        slug = f"{slug[: 2 * _SLUG_LENGTH].rstrip('-+_')}-{_hash8(joiner.join(prompts))}"
+        slug = f"{slug[: 2 * _SLUG_LENGTH].rstrip('-+_~')}-{_hash8(joiner.join(names))}"
     return [MaskTarget(tuple(prompts), slug)]
 
 
@@ -345,11 +499,13 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(outdir: str | os.PathLike, max_age_s: float = 24 * 3600) -> int:
+def remove_stale_temporaries(outdir: str | os.PathLike, min_age_s: float = 120, max_age_s: float = 24 * 3600) -> int:
     """Remove the temporary files and folders (``.<name>.<pid>.part``/``.old``) a killed run left behind.
 
-    A temporary whose process is gone is removed (on Windows, where that cannot be checked safely, one older
-    than ``max_age_s``); a live process's temporaries (a parallel run) are left alone. Final names are never
+    A temporary is removed when its process is gone and it has not changed for ``min_age_s`` (a run on
+    another machine writing into a shared folder has a pid this machine does not know, but its temporaries
+    keep changing while it writes). On Windows, where a pid cannot be checked safely, only temporaries older
+    than ``max_age_s`` go. A live process's temporaries (a parallel run) are left alone. Final names are never
     touched: they only ever hold complete files. Returns how many were removed.
     """
     import time
@@ -366,9 +522,10 @@ def remove_stale_temporaries(outdir: str | os.PathLike, max_age_s: float = 24 * 
                 continue
             path = Path(current) / entry
             try:
-                stale = not _process_alive(int(match["pid"]))
+                age = now - path.lstat().st_mtime
+                stale = age > min_age_s and not _process_alive(int(match["pid"]))
                 if os.name == "nt":
-                    stale = now - path.lstat().st_mtime > max_age_s
+                    stale = age > max_age_s
             except (OSError, ValueError, OverflowError):
                 continue
             if stale:
@@ -413,12 +570,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def save_png(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write ``[H, W]`` uint8/uint16 (grey) or ``[H, W, 3|4]`` uint8 (RGB/RGBA) as a PNG, atomically."""
+def encode_png(array: np.ndarray) -> bytes:
+    """``[H, W]`` uint8/uint16 (grey) or ``[H, W, 3|4]`` uint8 (RGB/RGBA) → the bytes of the PNG file
+    :func:`save_png` writes (for writers that are not the local disk: object stores, Ray)."""
+    import io as _io
+
     from PIL import Image
 
+    buffer = _io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def save_png(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write ``[H, W]`` uint8/uint16 (grey) or ``[H, W, 3|4]`` uint8 (RGB/RGBA) as a PNG, atomically."""
+    data = encode_png(array)
     with atomic_path(path) as temporary:
-        Image.fromarray(np.ascontiguousarray(array)).save(temporary, format="PNG", compress_level=6)
+        temporary.write_bytes(data)
 
 
 def check_writable(folder: str | os.PathLike) -> Path:
@@ -449,20 +617,38 @@ class LoadedImage:
 
 def read_image(item: InputItem | str) -> LoadedImage:
     """Open one input image (a path, or ``-`` for stdin) with the engine's reader; raise :class:`InputError`."""
-    from .images import load_image, to_levels
+    from .images import load_image
 
     source = item.source if isinstance(item, InputItem) else str(item)
     if source == STDIN:
-        data = sys.stdin.buffer.read()
-        with tempfile.TemporaryDirectory(prefix="textmask-stdin-") as folder:
-            spooled = Path(folder) / "stdin"
-            spooled.write_bytes(data)
-            try:
-                image = load_image(spooled, "stdin")
-            except InputError as exc:
-                raise InputError(str(exc).replace(str(spooled), "the data on stdin")) from None
-    else:
-        image = load_image(source, Path(source).name)  # errors read "name: <what is wrong with> path"
+        return read_image_bytes(sys.stdin.buffer.read(), STDIN)
+    image = load_image(source, Path(source).name)  # errors read "name: <what is wrong with> path"
+    return _loaded(image, source)
+
+
+def read_image_bytes(data: bytes, source: str) -> LoadedImage:
+    """Decode a file's bytes exactly as :func:`read_image` decodes the file (same reader, same errors).
+
+    Args:
+        data: the whole file (read from stdin, an object store, ``ray.data.read_binary_files``...).
+        source: the path the bytes came from (``-`` for stdin); error messages name it as if it was read.
+    """
+    from .images import load_image
+
+    name, shown = ("stdin", "the data on stdin") if source == STDIN else (Path(source).name, source)
+    with tempfile.TemporaryDirectory(prefix="textmask-bytes-") as folder:
+        spooled = Path(folder) / "input"
+        spooled.write_bytes(data)
+        try:
+            image = load_image(spooled, name)
+        except InputError as exc:
+            raise InputError(str(exc).replace(str(spooled), shown)) from None
+    return _loaded(image, source)
+
+
+def _loaded(image: PIL.Image.Image, source: str) -> LoadedImage:  # noqa: F821
+    from .images import to_levels
+
     levels = to_levels(image, source).permute(1, 2, 0).contiguous()
     alpha = None
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:

@@ -66,17 +66,18 @@ class PromptTable:
     """The unique prompts of a run and where each target's prompts sit among them.
 
     Attributes:
-        prompts: unique positive and negative prompts, in the order the engine is asked for them.
+        prompts: unique positive and negative prompts (texts, example images, blends; the same object
+            counts once), in the order the engine is asked for them.
         targets: per target, the indices of its positive prompts in ``prompts``.
         negative: indices of the negative prompts.
     """
 
-    prompts: tuple[str, ...]
+    prompts: tuple[Any, ...]
     targets: tuple[tuple[int, ...], ...]
     negative: tuple[int, ...]
 
     @classmethod
-    def build(cls, targets: Sequence[MaskTarget], negative_prompts: Sequence[str] = ()) -> PromptTable:
+    def build(cls, targets: Sequence[MaskTarget], negative_prompts: Sequence[Any] = ()) -> PromptTable:
         unique = list(dict.fromkeys([p for t in targets for p in t.prompts] + list(negative_prompts)))
         where = {p: i for i, p in enumerate(unique)}
         return cls(
@@ -125,6 +126,39 @@ class Failure:
 
     input: str
     error: str
+
+
+def chunk_masks(
+    session: Any,
+    images: Sequence[LoadedImage],
+    sources: Sequence[str],
+    table: PromptTable,
+    options: MaskOptions,
+    batch_size: int | None = None,
+) -> list[torch.Tensor | Failure]:
+    """Read images → ``[T, H, W]`` masks each (one forward pass for the chunk), or a :class:`Failure` for an
+    image the engine refuses; the others are still masked. Shared by :func:`run_job` and the Ray actors.
+
+    Args:
+        sources: the inputs' names, for failures.
+    """
+    try:
+        return list(target_masks(session, [image.levels for image in images], table, options, batch_size))
+    except _OOM_ERRORS:
+        raise  # the engine already retried one image at a time: the run stops (see run_job)
+    except (TextmaskError, ValueError) as exc:
+        # Should not happen once the images are read; if it does, isolate the bad one instead of losing the chunk.
+        if len(images) == 1:
+            return [Failure(sources[0], _one_line(exc))]
+    masks: list[torch.Tensor | Failure] = []
+    for source, image in zip(sources, images):
+        try:
+            masks.append(target_masks(session, [image.levels], table, options, 1)[0])
+        except _OOM_ERRORS:
+            raise
+        except (TextmaskError, ValueError) as inner:
+            masks.append(Failure(source, _one_line(inner)))
+    return masks
 
 
 @dataclass
@@ -182,7 +216,7 @@ class MaskJob:
     Attributes:
         outdir: output folder.
         targets: the masks to make per input (:func:`textmask.io.make_targets`).
-        negative_prompts: prompts subtracted from every target.
+        negative_prompts: prompts (texts, example images) subtracted from every target.
         options: post-processing; ``options.combine`` applies inside each target.
         kinds: output kinds (``mask``, ``overlay``, ``cutout``).
         bits: 8 or 16 for mask PNGs.
@@ -194,7 +228,7 @@ class MaskJob:
 
     outdir: Path
     targets: list[MaskTarget]
-    negative_prompts: tuple[str, ...] = ()
+    negative_prompts: tuple[Any, ...] = ()
     options: MaskOptions = field(default_factory=MaskOptions)
     kinds: tuple[str, ...] = ("mask",)
     bits: int = 8
@@ -383,24 +417,11 @@ def _mask_chunk(
     report.skipped += sum(image is None for image in loaded)  # finished meanwhile (e.g. by a parallel run)
     if not ready:
         return
-    try:
-        masks = target_masks(session, [image.levels for _, _, image in ready], table, job.options, job.batch_size)
-    except _OOM_ERRORS:
-        raise  # the engine already retried one image at a time: the run stops (see run_job)
-    except (TextmaskError, ValueError) as exc:
-        # Should not happen once the images are read; if it does, isolate the bad one instead of losing the chunk.
-        if len(ready) == 1:
-            report.failures.append(Failure(ready[0][0].source, _one_line(exc)))
-            return
-        masks = []
-        for item, _, image in ready:
-            try:
-                masks.append(target_masks(session, [image.levels], table, job.options, 1)[0])
-            except (TextmaskError, ValueError) as inner:
-                report.failures.append(Failure(item.source, _one_line(inner)))
-                masks.append(None)
+    sources = [item.source for item, _, _ in ready]
+    masks = chunk_masks(session, [image for _, _, image in ready], sources, table, job.options, job.batch_size)
     for (item, outputs, image), mask in zip(ready, masks):
-        if mask is None:
+        if isinstance(mask, Failure):
+            report.failures.append(mask)
             continue
         try:
             report.written.extend(write_image_outputs(item, image, mask, outputs, job.bits))

@@ -96,7 +96,7 @@ def threshold(mask: torch.Tensor, value: float, softness: float = 0.0) -> torch.
         value: threshold in [0, 1].
         softness: ramp width in [0, 1]; 0 for a hard threshold.
     """
-    if softness <= 0:
+    if softness < _FLAT:  # a ramp narrower than float precision is a step (and 1/softness would overflow)
         return (mask > value).to(mask.dtype)
     return ((mask - (value - softness / 2)) / softness).clamp(0.0, 1.0)
 

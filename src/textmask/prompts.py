@@ -55,6 +55,7 @@ __all__ = [
     "Prompt",
     "TextPrompt",
     "average",
+    "check_prompt",
     "combine_prompts",
     "examples",
     "parse_prompt",
@@ -540,6 +541,23 @@ def plan(prompt: Prompt, name: str, fill: torch.Tensor) -> _Node:
         ]
         return _Node(children=children)
     raise PromptError(f"{name}: unsupported prompt type {type(prompt).__name__}")  # pragma: no cover
+
+
+def check_prompt(prompt: PromptLike, name: str = "prompt") -> Prompt:
+    """Read and check a prompt's example images and masks now, without a model.
+
+    Faces call this to report a missing or unreadable example (or a mask that does not fit it) before they
+    load a model or start a long run. The engine prepares the example again when it encodes it.
+
+    Returns:
+        the prompt (a bare image wrapped in :class:`ImagePrompt`).
+
+    Raises:
+        PromptError: naming ``name``, as :meth:`Segmenter.encode_prompts` would.
+    """
+    prompt = _wrap(prompt, name)
+    plan(prompt, name, torch.zeros(3, dtype=torch.uint8))
+    return prompt
 
 
 def leaves(node: _Node) -> Iterator[_Node]:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from ..engine import Segmenter, session_from_hf
 from ..errors import InputError, ModelLoadError, PromptError
 from ..model import DTYPES, load_model
+from ..prompts import Blend, ImagePrompt, check_prompt, examples
 from .folders import DEFAULT_MODEL, comfy_module, resolve_model
 
 log = logging.getLogger("textmask")
@@ -273,6 +274,47 @@ def prompt_lines(text: str, name: str, required: bool) -> list[str]:
     return prompts
 
 
+def example_prompt(
+    example: Any, example_mask: Any = None, invert_mask: bool = False, weight: float = 1.0, **settings: Any
+) -> ImagePrompt | Blend | None:
+    """A ComfyUI example IMAGE (and optional MASK) → one prompt: an :class:`ImagePrompt`, or a :class:`Blend`
+    averaging a batch of examples (:func:`textmask.prompts.examples`). None when no example is connected.
+
+    Args:
+        example: IMAGE ``[N, H, W, C]`` (any layout :func:`as_images` takes).
+        example_mask: MASK ``[H, W]``, ``[1, H, W]`` (one for every example) or ``[N, H, W]``; 1 = object.
+        invert_mask: use ``1 - mask``: Load Image's MASK is ``1 - alpha``, so a cut-out's shape needs this.
+        weight, settings: the prompt's weight and :class:`ImagePrompt` fields (``background``, ``blur``, ``crop``).
+    """
+    if example is None:
+        return None
+    batch = as_images(example, "example")
+    masks = None
+    if example_mask is not None:
+        if not isinstance(example_mask, torch.Tensor):
+            raise PromptError(f"example_mask: expected a MASK tensor [B, H, W], got {type(example_mask).__name__}")
+        masks = as_masks(example_mask)
+        size = first_size(batch)
+        if tuple(masks.shape[-2:]) == (64, 64) != size and not bool(masks.any()):
+            raise PromptError(
+                "example_mask: an empty 64×64 mask, which is what Load Image outputs for an image without "
+                "transparency; connect a real mask of the example (1 = object) or leave example_mask unconnected"
+            )
+        if invert_mask:
+            masks = 1.0 - masks
+        empty = [index for index, peak in enumerate(masks.flatten(1).amax(1).tolist()) if peak <= 0]
+        if empty:
+            flip = "off" if invert_mask else "on"
+            raise PromptError(
+                f"example_mask{'' if len(masks) == 1 else f' {empty}'}: the mask is empty (all 0), so it marks no "
+                f"object (1 = object). Load Image's MASK is 1 - alpha: try invert_example_mask {flip}"
+            )
+    prompt = examples(batch, masks, blend=True, weight=weight, **settings)
+    checked = check_prompt(prompt, "example")  # reads and checks it now, naming the input
+    assert isinstance(checked, (ImagePrompt, Blend))
+    return checked
+
+
 # --------------------------------------------------------------------------------------- running
 def progress_reporter(total: int) -> Callable[[int, int], None]:
     """``progress(done, total)`` for the engine: advances ComfyUI's progress bar and stops when the user cancels."""
@@ -298,7 +340,7 @@ def output_device() -> torch.device:
 def run_masks(
     segmenter: Segmenter,
     images: torch.Tensor | list[torch.Tensor],
-    prompts: str | list[str],
+    prompts: Any,
     output_size: tuple[int, int],
     **options: Any,
 ) -> torch.Tensor:
@@ -326,6 +368,7 @@ __all__ = [
     "check_transformers",
     "comfy_device",
     "comfy_dtype",
+    "example_prompt",
     "first_size",
     "load_pair",
     "mask_to_image",
