@@ -29,7 +29,7 @@ from .errors import PromptError
 from .images import ImageBatch, as_image_batch
 from .model import DEFAULT_MODEL, LoadedModel, load_model
 from .postprocess import MaskOptions, finish_masks, normalize_minmax, normalize_seed
-from .resize import pil_resize
+from .resize import pil_resize, resize_planes
 
 log = logging.getLogger("textmask")
 
@@ -53,6 +53,61 @@ def _call_layer(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     else:
         out = layer(hidden, attention_mask=None)
     return out[0] if isinstance(out, tuple) else out
+
+
+def _quick_gelu_(values: torch.Tensor) -> torch.Tensor:
+    """``x * sigmoid(1.702 x)`` (CLIP's activation) in place: the same elementwise ops as transformers'
+    ``QuickGELUActivation``, so the same bits, with one large temporary instead of two."""
+    gate = values.mul(1.702)
+    gate.sigmoid_()
+    return values.mul_(gate)
+
+
+def _encoder_layer(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """One CLIP vision encoder layer, unmasked: the ops of transformers' SDPA forward in the same order.
+
+    The result is bit-identical to ``layer(hidden)`` (float addition and multiplication commute exactly),
+    but residual sums and the activation are computed in place: on a CPU, every fresh tensor of tens of
+    megabytes costs page faults, which made up a tenth of the vision tower's time. Linear layers are called
+    as modules, so quantized replacements work unchanged.
+
+    Args:
+        hidden: ``[B, T, D]``.
+    """
+    attention = layer.self_attn
+    batch, tokens, _ = hidden.shape
+    shape = (batch, tokens, attention.num_heads, attention.head_dim)
+    normed = layer.layer_norm1(hidden)
+    query = attention.q_proj(normed).view(shape).transpose(1, 2)
+    key = attention.k_proj(normed).view(shape).transpose(1, 2)
+    value = attention.v_proj(normed).view(shape).transpose(1, 2)
+    del normed
+    attended = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, scale=attention.scale)
+    del query, key, value
+    attended = attended.transpose(1, 2).reshape(batch, tokens, -1).contiguous()
+    hidden = attention.out_proj(attended).add_(hidden)
+    del attended
+    mlp = layer.mlp
+    inner = mlp.fc1(layer.layer_norm2(hidden))
+    activation = mlp.activation_fn
+    inner = _quick_gelu_(inner) if type(activation).__name__ == "QuickGELUActivation" else activation(inner)
+    return mlp.fc2(inner).add_(hidden)
+
+
+def _layers_match_sdpa(model: torch.nn.Module) -> bool:
+    """Whether :func:`_encoder_layer` reproduces this model's vision layers (transformers' SDPA attention)."""
+    vision = model.clip.vision_model
+    implementation = getattr(vision.config, "_attn_implementation", None) or getattr(
+        model.config, "_attn_implementation", None
+    )
+    if implementation != "sdpa" or vision.encoder.layers[0].training:
+        return False
+    layer = vision.encoder.layers[0]
+    attention = getattr(layer, "self_attn", None)
+    names = ("num_heads", "head_dim", "scale", "q_proj", "k_proj", "v_proj", "out_proj")
+    return all(hasattr(attention, name) for name in names) and all(
+        hasattr(layer, name) for name in ("layer_norm1", "layer_norm2", "mlp")
+    )
 
 
 @dataclass
@@ -93,6 +148,8 @@ class Segmenter:
         self.max_prompt_tokens: int = int(config.text_config.max_position_embeddings)
         vision = self.model.clip.vision_model
         self._vision_layers = list(vision.encoder.layers[: max(self.extract_layers) + 1])
+        self._run_layer = _encoder_layer if _layers_match_sdpa(self.model) else _call_layer
+        self._position_cache: dict[tuple[int, int], torch.Tensor] = {}
         self._pixel_table = self._level_to_pixel_table().to(self.device)
         self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
@@ -132,6 +189,12 @@ class Segmenter:
         by_size: dict[tuple[int, int], list[int]] = {}
         for index, image in enumerate(levels):
             by_size.setdefault(tuple(image.shape[-2:]), []).append(index)
+        if self.device.type == "cpu" and config.do_resize and all(image.device.type == "cpu" for image in levels):
+            # Pillow itself, plane by plane on a few threads: exact by definition and the fastest on a CPU.
+            to_resize = [i for i, image in enumerate(levels) if tuple(image.shape[-2:]) != (height, width)]
+            if to_resize:
+                resized[to_resize] = resize_planes([levels[i] for i in to_resize], (height, width), config.resample)
+            by_size = {(height, width): by_size[(height, width)]} if (height, width) in by_size else {}
         for size, indices in by_size.items():
             group = torch.stack([levels[i] for i in indices]).to(self.device, non_blocking=True)
             if config.do_resize and size != (height, width):
@@ -153,17 +216,33 @@ class Segmenter:
             sizes: each image's original ``(height, width)``.
         """
         vision = self.model.clip.vision_model
-        hidden = vision.embeddings(pixel_values, interpolate_pos_encoding=True)
-        hidden = vision.pre_layrnorm(hidden)
+        hidden = vision.pre_layrnorm(self._embed(pixel_values))
         activations: dict[int, torch.Tensor] = {}
         for index, layer in enumerate(self._vision_layers):
-            hidden = _call_layer(layer, hidden)
+            hidden = self._run_layer(layer, hidden)
             if index in self.extract_layers:
                 activations[index] = hidden
         decoder = self.model.decoder
         ordered = [activations[i] for i in self.extract_layers][::-1]
         reduced = tuple(reduce(activation) for reduce, activation in zip(decoder.reduces, ordered))
         return ImageFeatures(reduced=reduced, sizes=list(sizes))
+
+    def _embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, S, S]`` → patch + class embeddings with position embeddings ``[B, T, D]``.
+
+        The same ops as ``CLIPSegVisionEmbeddings.forward(..., interpolate_pos_encoding=True)``, except
+        that the interpolated position table (bicubic, per input size) is computed once and kept.
+        """
+        embeddings = self.model.clip.vision_model.embeddings
+        batch, _, height, width = pixel_values.shape
+        patches = embeddings.patch_embedding(pixel_values.to(dtype=embeddings.patch_embedding.weight.dtype))
+        patches = patches.flatten(2).transpose(1, 2)
+        hidden = torch.cat([embeddings.class_embedding.expand(batch, 1, -1), patches], dim=1)
+        positions = self._position_cache.get((height, width))
+        if positions is None:
+            positions = embeddings.interpolate_pos_encoding(hidden, height, width)
+            self._position_cache[(height, width)] = positions
+        return hidden + positions
 
     def encode_images(self, images: Any, batch_size: int | None = None) -> ImageFeatures:
         """Encode images once, for any number of later :meth:`decode` calls.
