@@ -55,6 +55,10 @@ def _call_layer(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
+def _call_module(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    return layer(hidden)
+
+
 def _quick_gelu_(values: torch.Tensor) -> torch.Tensor:
     """``x * sigmoid(1.702 x)`` (CLIP's activation) in place: the same elementwise ops as transformers'
     ``QuickGELUActivation``, so the same bits, with one large temporary instead of two."""
@@ -149,12 +153,18 @@ class Segmenter:
         vision = self.model.clip.vision_model
         self._vision_layers = list(vision.encoder.layers[: max(self.extract_layers) + 1])
         self._run_layer = _encoder_layer if _layers_match_sdpa(self.model) else _call_layer
+        if getattr(loaded, "fast", False):  # rearranged (and maybe int8) copies; the model stays as it is
+            from .fast import fast_vision_layers
+
+            self._vision_layers = fast_vision_layers(self._vision_layers, self.dtype, self.device, loaded.quantize)
+            self._run_layer = _call_module
         self._position_cache: dict[tuple[int, int], torch.Tensor] = {}
         self._pixel_table = self._level_to_pixel_table().to(self.device)
         self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     def __repr__(self) -> str:
-        return f"Segmenter(source={self.loaded.source!r}, device={self.device}, dtype={self.dtype})"
+        fast = f", fast ({self.loaded.quantize or self.dtype})" if getattr(self.loaded, "fast", False) else ""
+        return f"Segmenter(source={self.loaded.source!r}, device={self.device}, dtype={self.dtype}{fast})"
 
     # ------------------------------------------------------------------------------ preprocessing
     def _level_to_pixel_table(self) -> torch.Tensor:
