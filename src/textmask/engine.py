@@ -78,24 +78,33 @@ def _encoder_layer(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor
     Args:
         hidden: ``[B, T, D]``.
     """
-    attention = layer.self_attn
-    batch, tokens, _ = hidden.shape
-    shape = (batch, tokens, attention.num_heads, attention.head_dim)
-    normed = layer.layer_norm1(hidden)
-    query = attention.q_proj(normed).view(shape).transpose(1, 2)
-    key = attention.k_proj(normed).view(shape).transpose(1, 2)
-    value = attention.v_proj(normed).view(shape).transpose(1, 2)
-    del normed
-    attended = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, scale=attention.scale)
-    del query, key, value
-    attended = attended.transpose(1, 2).reshape(batch, tokens, -1).contiguous()
-    hidden = attention.out_proj(attended).add_(hidden)
-    del attended
+    hidden = _attention(layer.self_attn, layer.layer_norm1(hidden)).add_(hidden)
     mlp = layer.mlp
     inner = mlp.fc1(layer.layer_norm2(hidden))
     activation = mlp.activation_fn
     inner = _quick_gelu_(inner) if type(activation).__name__ == "QuickGELUActivation" else activation(inner)
     return mlp.fc2(inner).add_(hidden)
+
+
+def _attention(attention: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """transformers' ``CLIPSegAttention`` with SDPA and no mask, op for op: ``[B, T, D]`` → ``[B, T, D]``."""
+    batch, tokens, _ = hidden.shape
+    shape = (batch, tokens, attention.num_heads, attention.head_dim)
+    query = attention.q_proj(hidden).view(shape).transpose(1, 2)
+    key = attention.k_proj(hidden).view(shape).transpose(1, 2)
+    value = attention.v_proj(hidden).view(shape).transpose(1, 2)
+    attended = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, scale=attention.scale)
+    del query, key, value
+    return attention.out_proj(attended.transpose(1, 2).reshape(batch, tokens, -1).contiguous())
+
+
+def _decoder_layer(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """One CLIPSeg decoder layer (post-norm), bit-identical to ``layer(hidden)``, residuals in place."""
+    hidden = layer.layer_norm1(_attention(layer.self_attn, hidden).add_(hidden))
+    mlp = layer.mlp
+    inner = mlp.fc1(hidden)
+    inner = torch.relu_(inner) if isinstance(mlp.activation_fn, torch.nn.ReLU) else mlp.activation_fn(inner)
+    return layer.layer_norm2(mlp.fc2(inner).add_(hidden))
 
 
 def _layers_match_sdpa(model: torch.nn.Module) -> bool:
@@ -104,7 +113,9 @@ def _layers_match_sdpa(model: torch.nn.Module) -> bool:
     implementation = getattr(vision.config, "_attn_implementation", None) or getattr(
         model.config, "_attn_implementation", None
     )
-    if implementation != "sdpa" or vision.encoder.layers[0].training:
+    decoder_attention = model.decoder.layers[0].self_attn
+    decoder_implementation = getattr(getattr(decoder_attention, "config", None), "_attn_implementation", None)
+    if implementation != "sdpa" or decoder_implementation != "sdpa" or vision.encoder.layers[0].training:
         return False
     layer = vision.encoder.layers[0]
     attention = getattr(layer, "self_attn", None)
@@ -152,7 +163,9 @@ class Segmenter:
         self.max_prompt_tokens: int = int(config.text_config.max_position_embeddings)
         vision = self.model.clip.vision_model
         self._vision_layers = list(vision.encoder.layers[: max(self.extract_layers) + 1])
-        self._run_layer = _encoder_layer if _layers_match_sdpa(self.model) else _call_layer
+        exact_sdpa = _layers_match_sdpa(self.model)
+        self._run_layer = _encoder_layer if exact_sdpa else _call_layer
+        self._run_decoder_layer = _decoder_layer if exact_sdpa else _call_layer
         if getattr(loaded, "fast", False):  # rearranged (and maybe int8) copies; the model stays as it is
             from .fast import fast_vision_layers
 
@@ -353,7 +366,7 @@ class Segmenter:
                 output = output[:, None] * film_mul + film_add  # [B, P, T, R]
                 output = output.reshape(batch * prompts, tokens, width)
                 expanded = True
-            output = _call_layer(layer, output)
+            output = self._run_decoder_layer(layer, output)
         assert output is not None
         if not expanded:  # conditional layer beyond the decoder depth: never conditioned (matches HF)
             output = output.repeat_interleave(prompts, dim=0)
