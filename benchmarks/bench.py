@@ -562,6 +562,76 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"  [{'met' if target['met'] else 'NOT met'}] {target['name']}: {target['value']}")
 
 
+def _md(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    """The results as Markdown tables (for the README / docs)."""
+    info = report["machine"]
+    labels = list(report["sessions"])
+    lines = [
+        f"Machine: {info['cpu']}, {info['cpu_count']} cores ({info['torch_threads']} torch threads"
+        f"{', ' + info['gpu'] if 'gpu' in info else ''}), CPU flags {', '.join(info['cpu_flags']) or 'none'}; "
+        f"torch {info['torch']}, transformers {info.get('transformers')}; {info['date'][:10]}; "
+        f"model {report['model']} (random weights, full-size architecture); command `{report['command']}`.",
+        "",
+    ]
+    for case in report["cases"]:
+        lines.append(f"**{case['size']}×{case['size']}, {case['prompts']} prompt(s), batch of {case['images']}**")
+        lines.append("")
+        lines.append(
+            "| row | s/image | images timed | " + " | ".join(f"{label} is × faster" for label in labels) + " |"
+        )
+        lines.append("| --- | ---: | ---: | " + " | ".join("---:" for _ in labels) + " |")
+        for name, row in case["rows"].items():
+            ratios = " | ".join(f"{row['speedup_of_' + label]:.2f}×" for label in labels)
+            lines.append(f"| {name} | {row['seconds_per_image']:.3f} | {row['images_timed']} | {ratios} |")
+        a = case["agreement"]
+        lines.append("")
+        lines.append(
+            f"float32 max abs Δlogit vs transformers: batched {a['max_abs_dlogit_vs_transformers_batched']:.3g}, "
+            f"per image {a['max_abs_dlogit_vs_transformers_per_image']:.3g} (logits up to "
+            f"{a['logit_scale_max_abs']:.4g}: relative {a['relative_dlogit_vs_transformers_per_image']:.2g}), "
+            f"textmask at batch 1 {a['max_abs_dlogit_vs_transformers_per_image_at_batch_1']:.3g}. "
+            + "; ".join(
+                f"{key.replace('_vs_float32_masks', '')} vs float32: mean abs Δp {v['mean_abs_dp']:.4f}, "
+                f"IoU@0.5 {v['iou_at_0.5']:.4f}"
+                for key, v in a.items()
+                if key.endswith("_vs_float32_masks")
+            )
+            + "."
+        )
+        lines.append("")
+    peaks = ", ".join(f"{k} {v:,.0f}" for k, v in report["gemm_peak_gflops"].items())
+    lines.append(f"GEMM peak in the same run (GFLOP/s): {peaks}. Vision tower alone (layers 0–9, 485 tokens):")
+    lines.append("")
+    for label, entry in report["tower"].items():
+        fractions = ", ".join(f"{k[12:-5]} {v:.0%}" for k, v in entry.items() if k.startswith("fraction_of_"))
+        lines.append(
+            f"- {label}: {entry['seconds_per_image']:.3f} s/image, {entry['gflops']:,.0f} GFLOP/s "
+            f"(fraction of peak: {fractions})"
+        )
+    for label, cold in report["cold_start"].items():
+        if "import_s" in cold:
+            lines.append(
+                f"- cold start ({label}): import {cold['import_s']:.3f} s, load {cold['load_s']:.2f} s, "
+                f"first mask {cold['first_mask_s']:.2f} s"
+            )
+    soak = report.get("memory_soak")
+    if soak and "within_budget" in soak:
+        lines.append(
+            f"- memory: {soak['images']} images of {soak['size']}² ({soak['dtype']}): peak "
+            f"{fmt_bytes(soak['peak_above_start_bytes'])} above start, budget {fmt_bytes(soak['budget_bytes'])}"
+        )
+    lines.append("")
+    lines.append("| target | result | met |")
+    lines.append("| --- | --- | --- |")
+    for target in report["targets"]:
+        lines.append(f"| {_md(target['name'])} | {_md(target['value'])} | {'yes' if target['met'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
 def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     default, fast = report["default_label"], report["fast_label"]
     targets = []
@@ -628,7 +698,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-bfloat16", action="store_true", help="skip the bfloat16 row (tried alternative)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="folder for the JSON")
+    parser.add_argument("--render", type=Path, help="print a saved results JSON as text and Markdown, then exit")
     args = parser.parse_args(argv)
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        print_report(saved)
+        print()
+        print(markdown_report(saved))
+        return 0
     quick = args.quick
     args.images = args.images or (4 if quick else 16)
     args.sizes = args.sizes or ([512] if quick else [512, 1024])
@@ -708,7 +785,8 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = args.out / f"bench-{args.device}-{'quick-' if quick else ''}{stamp}.json"
     path.write_text(json.dumps(report, indent=2))
-    print(f"\nwhole run {report['wall_seconds']:.0f} s; results: {path}")
+    path.with_suffix(".md").write_text(markdown_report(report))
+    print(f"\nwhole run {report['wall_seconds']:.0f} s; results: {path} (and .md)")
     return 0
 
 
