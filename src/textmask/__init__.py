@@ -5,6 +5,7 @@ Quick start::
     import textmask
     session = textmask.load()                      # CIDAS/clipseg-rd64-refined, cached per process
     masks = session.mask(images, ["cat", "dog"], threshold=0.4)   # [B, H, W] in [0, 1]
+    masks = session.mask(images, textmask.ImagePrompt("example.png"))  # mask what looks like the example
 
 Imports are lazy: ``import textmask`` loads neither torch nor transformers until something is used.
 """
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load": "textmask.engine",
     "Segmenter": "textmask.engine",
+    "session_from_hf": "textmask.engine",
     "ImageFeatures": "textmask.engine",
     "MaskOptions": "textmask.postprocess",
     "load_model": "textmask.model",
@@ -26,6 +28,10 @@ _EXPORTS = {
     "clear_model_cache": "textmask.model",
     "DEFAULT_MODEL": "textmask.model",
     "load_image": "textmask.images",
+    "ImagePrompt": "textmask.prompts",
+    "TextPrompt": "textmask.prompts",
+    "Blend": "textmask.prompts",
+    "average": "textmask.prompts",
     "TextmaskError": "textmask.errors",
     "ModelNotFoundError": "textmask.errors",
     "ModelLoadError": "textmask.errors",
@@ -36,11 +42,12 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engine import ImageFeatures, Segmenter, load
+    from .engine import ImageFeatures, Segmenter, load, session_from_hf
     from .errors import InputError, ModelLoadError, ModelNotFoundError, PromptError, TextmaskError
     from .images import load_image
     from .model import DEFAULT_MODEL, clear_model_cache, load_model, locate_model
     from .postprocess import MaskOptions
+    from .prompts import Blend, ImagePrompt, TextPrompt, average
 
 
 def __getattr__(name: str) -> Any:

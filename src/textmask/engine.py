@@ -25,10 +25,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import PromptError
 from .images import ImageBatch, as_image_batch
 from .model import DEFAULT_MODEL, LoadedModel, load_model
-from .postprocess import MaskOptions, finish_masks, normalize_minmax, normalize_seed
+from .postprocess import MaskOptions, combine, finish_masks, normalize_minmax, normalize_seed
+from .prompts import (
+    ExampleInput,
+    PromptLike,
+    as_prompt_list,
+    blank_background,
+    evaluate,
+    is_single_prompt,
+    leaves,
+    plan,
+)
 from .resize import pil_resize, resize_planes
 
 log = logging.getLogger("textmask")
@@ -38,6 +47,9 @@ ProgressCallback = Callable[[int, int], None]
 
 DEFAULT_BATCH_SIZE = 8
 _PROMPT_CACHE_SIZE = 4096
+# Per decoder pass: at most this many (image, prompt) pairs, and this many full-size map values (~256 MB).
+_MAX_PAIRS_PER_PASS = 64
+_MAX_MAP_VALUES_PER_PASS = 64 * 1024 * 1024
 _OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
     error
     for error in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
@@ -174,6 +186,9 @@ class Segmenter:
         self._position_cache: dict[tuple[int, int], torch.Tensor] = {}
         self._pixel_table = self._level_to_pixel_table().to(self.device)
         self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._example_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        # Padding colour for cropped examples: the 8-bit level whose normalized value is nearest 0 (the mean).
+        self._example_fill = self._pixel_table.abs().argmin(dim=1).to(torch.uint8).cpu()
 
     def __repr__(self) -> str:
         fast = f", fast ({self.loaded.quantize or self.dtype})" if getattr(self.loaded, "fast", False) else ""
@@ -184,9 +199,12 @@ class Segmenter:
         """``[3, 256]`` float32: the pixel value of each 8-bit level per channel.
 
         Computed with the processor's own arithmetic (scale in float64, cast to float32, then
-        ``(x - mean) / std`` in float32), so a lookup gives bit-identical pixel values.
+        ``(x - mean) / std`` in float32; for torchvision processors, ``(x - mean/scale) / (std/scale)`` in
+        float32), so a lookup gives bit-identical pixel values.
         """
         config = self.preprocess_config
+        if config.backend == "torchvision":
+            return _torchvision_pixel_table(config)
         levels = np.arange(256, dtype=np.float64)
         values = (levels * config.rescale_factor if config.do_rescale else levels).astype(np.float32)
         values = np.broadcast_to(values, (3, 256))
@@ -220,7 +238,9 @@ class Segmenter:
             by_size = {(height, width): by_size[(height, width)]} if (height, width) in by_size else {}
         for size, indices in by_size.items():
             group = torch.stack([levels[i] for i in indices]).to(self.device, non_blocking=True)
-            if config.do_resize and size != (height, width):
+            if config.do_resize and config.backend == "torchvision":
+                group = _torchvision_resize(group, (height, width), config.resample)
+            elif config.do_resize and size != (height, width):
                 group = pil_resize(group, (height, width), config.resample)
             elif size != (height, width):
                 raise ValueError(f"the model needs {height}×{width} images, got {size} and do_resize=False")
@@ -289,28 +309,75 @@ class Segmenter:
         )
 
     @torch.inference_mode()
-    def encode_prompts(self, prompts: str | Sequence[str]) -> torch.Tensor:
-        """Text prompts → conditional embeddings ``[P, D]`` (model dtype, on the model's device).
+    def encode_prompts(self, prompts: PromptLike | Sequence[PromptLike], name: str = "prompts") -> torch.Tensor:
+        """Prompts → conditional embeddings ``[P, D]`` (model dtype, on the model's device).
 
-        Each unique prompt runs through the text tower once per session; repeats come from a cache.
-        Prompts longer than CLIP's 77 tokens are truncated with a warning. An empty prompt is allowed
-        (the seed node's default text is "") but warned about: CLIPSeg then masks whatever its
-        empty-text embedding matches, which is rarely what anyone wants.
+        A prompt is text (``str`` / :class:`~textmask.prompts.TextPrompt`), an example image
+        (:class:`~textmask.prompts.ImagePrompt`, or a bare PIL image / ``Path`` / one-image tensor), or a
+        :class:`~textmask.prompts.Blend` (weighted mean of its items' embeddings). Each unique text runs
+        through the text tower once per session and each unique example (by a content hash of its
+        prepared pixels, mask and settings) through the image tower once; repeats come from caches.
+
+        Texts longer than CLIP's 77 tokens are truncated with a warning. An empty text is allowed (the
+        seed node's default text is "") but warned about: CLIPSeg then masks whatever its empty-text
+        embedding matches, which is rarely what anyone wants.
+
+        Args:
+            prompts: one prompt or a list of P prompts.
+            name: how to call the input in error messages.
+
+        Raises:
+            PromptError: an unsupported prompt, an unreadable example image or mask, bad weights.
         """
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        prompts = list(prompts)
-        if not prompts:
-            raise PromptError("prompts: give at least one prompt")
-        for index, prompt in enumerate(prompts):
-            if not isinstance(prompt, str):
-                raise PromptError(f"prompts[{index}]: expected text, got {type(prompt).__name__}")
-        missing = list(dict.fromkeys(p for p in prompts if p not in self._prompt_cache))
+        items = as_prompt_list(prompts, name)
+        nodes = [plan(item, f"{name}[{index}]", self._example_fill) for index, item in enumerate(items)]
+        found: dict[str, torch.Tensor] = {}
+        texts: list[str] = []
+        examples: dict[str, ExampleInput] = {}
+        for node in nodes:
+            for leaf in leaves(node):
+                if leaf.text is not None:
+                    texts.append(leaf.text)
+                elif leaf.example is not None:
+                    examples.setdefault(leaf.example.key, leaf.example)
+        missing = list(dict.fromkeys(t for t in texts if t not in self._prompt_cache))
         if missing:
             self._encode_texts(missing)
-        for prompt in prompts:
-            self._prompt_cache.move_to_end(prompt)
-        return torch.stack([self._prompt_cache[p] for p in prompts])
+        for text in dict.fromkeys(texts):
+            self._prompt_cache.move_to_end(text)
+            found["text:" + text] = self._prompt_cache[text]
+        new = [example for key, example in examples.items() if key not in self._example_cache]
+        if new:
+            self._encode_examples(new)
+        for key in examples:
+            self._example_cache.move_to_end(key)
+            found["image:" + key] = self._example_cache[key]
+        while len(self._example_cache) > _PROMPT_CACHE_SIZE:
+            self._example_cache.popitem(last=False)
+
+        def lookup(leaf: Any) -> torch.Tensor:
+            return found["text:" + leaf.text] if leaf.text is not None else found["image:" + leaf.example.key]
+
+        return torch.stack([evaluate(node, lookup) for node in nodes])
+
+    def _encode_examples(self, examples: list[ExampleInput]) -> None:
+        """Run CLIP's image tower (+ visual projection) on prepared examples; cache by content key.
+
+        The pixels are :meth:`preprocess`'s (the processor's ``visual_prompt`` path); masked examples then
+        get the paper's background treatment (:func:`textmask.prompts.blank_background`). Each example
+        goes through the tower on its own, so its cached embedding never depends on which other examples
+        shared the call (batched matmuls differ in the last bits); examples are few, so this costs little.
+        """
+        step = DEFAULT_BATCH_SIZE
+        for start in range(0, len(examples), step):
+            chunk = examples[start : start + step]
+            pixels = self.preprocess([example.levels for example in chunk])
+            for index, example in enumerate(chunk):
+                values = pixels[index : index + 1]
+                if example.mask is not None:
+                    values = blank_background(values[0], example.mask, example.background, example.blur)[None]
+                embedding = self.model.get_conditional_embeddings(batch_size=1, conditional_pixel_values=values)
+                self._example_cache[example.key] = embedding[0]
 
     def _encode_texts(self, texts: list[str]) -> None:
         limit = self.max_prompt_tokens
@@ -403,7 +470,7 @@ class Segmenter:
     def predict(
         self,
         images: Any,
-        prompts: str | Sequence[str],
+        prompts: PromptLike | Sequence[PromptLike],
         *,
         normalize: str = "none",
         output_size: tuple[int, int] | None = None,
@@ -415,7 +482,8 @@ class Segmenter:
 
         Args:
             images: one image (tensor ``[H, W, C]``, array, PIL, path), a batch ``[B, H, W, C]``, or a list.
-            prompts: one prompt (the prompt axis is dropped) or a list of P prompts.
+            prompts: one prompt (the prompt axis is dropped) or a list of P prompts; text, example
+                images (:class:`~textmask.prompts.ImagePrompt`) or blends (see :meth:`encode_prompts`).
             normalize: ``"none"``, ``"minmax"`` or ``"seed"`` (see :meth:`probabilities`).
             output_size: ``(height, width)`` for every output instead of each image's own size.
             batch_size: images per forward pass; memory stays bounded by it.
@@ -425,7 +493,7 @@ class Segmenter:
         Returns:
             float32 in [0, 1]: ``[B, P, H, W]`` for a batch tensor/array (or with ``output_size``), a list
             of ``[P, H, W]`` for a list input, ``[P, H, W]`` for a single image; without the P axis when
-            ``prompts`` is a single string.
+            ``prompts`` is a single prompt.
         """
         options = MaskOptions(normalize=normalize)
         return self._run(images, prompts, (), options, output_size, batch_size, progress, output_device, False)
@@ -433,9 +501,9 @@ class Segmenter:
     def mask(
         self,
         images: Any,
-        prompts: str | Sequence[str],
+        prompts: PromptLike | Sequence[PromptLike],
         *,
-        negative_prompts: str | Sequence[str] = (),
+        negative_prompts: PromptLike | Sequence[PromptLike] = (),
         options: MaskOptions | None = None,
         output_size: tuple[int, int] | None = None,
         batch_size: int | None = None,
@@ -447,8 +515,8 @@ class Segmenter:
 
         Args:
             images: as for :meth:`predict`.
-            prompts: one or more prompts, combined with ``options.combine``.
-            negative_prompts: prompts whose maps are subtracted from the result.
+            prompts: one or more prompts (text, example images, blends), combined with ``options.combine``.
+            negative_prompts: prompts (of any kind) whose maps are subtracted from the result.
             options: a :class:`~textmask.postprocess.MaskOptions`; keyword overrides such as
                 ``threshold=0.4, blur=2, grow=4, invert=True, normalize="minmax"`` replace its fields.
             output_size, batch_size, progress, output_device: as for :meth:`predict`.
@@ -458,7 +526,7 @@ class Segmenter:
             ``[H, W]`` for a list input, ``[H, W]`` for a single image.
         """
         options = MaskOptions.from_kwargs(options, **option_overrides)
-        if isinstance(negative_prompts, str):
+        if is_single_prompt(negative_prompts):
             negative_prompts = [negative_prompts]
         return self._run(
             images, prompts, tuple(negative_prompts), options, output_size, batch_size, progress, output_device, True
@@ -467,8 +535,8 @@ class Segmenter:
     def _run(
         self,
         images: Any,
-        prompts: str | Sequence[str],
-        negative: tuple[str, ...],
+        prompts: PromptLike | Sequence[PromptLike],
+        negative: tuple[PromptLike, ...],
         options: MaskOptions,
         output_size: tuple[int, int] | None,
         batch_size: int | None,
@@ -476,9 +544,11 @@ class Segmenter:
         output_device: str | torch.device,
         finish: bool,
     ) -> torch.Tensor | list[torch.Tensor]:
-        single_prompt = isinstance(prompts, str)
-        positive = [prompts] if single_prompt else list(prompts)
-        embeddings = self.encode_prompts(positive + list(negative))
+        single_prompt = is_single_prompt(prompts)
+        positive = as_prompt_list(prompts, "prompts")
+        embeddings = self.encode_prompts(positive)
+        if negative:
+            embeddings = torch.cat([embeddings, self.encode_prompts(list(negative), "negative_prompts")])
         batch = as_image_batch(images)
         if output_size is not None:
             output_size = (int(output_size[0]), int(output_size[1]))
@@ -526,6 +596,12 @@ class Segmenter:
             return results[0]
         return results
 
+    def _prompts_per_pass(self, images: int, pixels_per_image: int, prompts: int) -> int:
+        """How many prompts one decoder pass takes, so that logits and full-size maps stay bounded."""
+        by_pairs = _MAX_PAIRS_PER_PASS // max(1, images)
+        by_pixels = _MAX_MAP_VALUES_PER_PASS // max(1, images * pixels_per_image)
+        return max(1, min(prompts, by_pairs, by_pixels))
+
     @torch.inference_mode()
     def _masks_for_chunk(
         self,
@@ -538,20 +614,47 @@ class Segmenter:
         output_size: tuple[int, int] | None,
         finish: bool,
     ) -> list[torch.Tensor]:
-        """Images ``start..stop``: masks ``[H, W]`` (finish) or maps ``[P, H, W]``, one per image."""
+        """Images ``start..stop``: masks ``[H, W]`` (finish) or maps ``[P, H, W]``, one per image.
+
+        The vision tower runs once for the chunk; the decoder then runs over the prompts in groups small
+        enough to bound memory whatever the number of prompts, and ``finish`` folds each group into
+        running unions/intersections instead of keeping every prompt's map.
+        """
         levels = batch.levels(start, stop)
         sizes = [tuple(image.shape[-2:]) for image in levels]
         features = self.encode_pixels(self.preprocess(levels), sizes)
-        logits = self.decode(features, embeddings)
-        out: list[torch.Tensor | None] = [None] * len(levels)
         targets = [output_size or size for size in sizes]
+        out: list[torch.Tensor | None] = [None] * len(levels)
         for size in dict.fromkeys(targets):
             indices = [i for i, target in enumerate(targets) if target == size]
-            probs = self.probabilities(logits[indices], size, options.normalize)
+            group_features = ImageFeatures(
+                reduced=tuple(r[indices] for r in features.reduced), sizes=[sizes[i] for i in indices]
+            )
+            step = self._prompts_per_pass(len(indices), size[0] * size[1], embeddings.shape[0])
+            maps: list[torch.Tensor] = []
+            positive: torch.Tensor | None = None
+            negative: torch.Tensor | None = None
+            for first in range(0, embeddings.shape[0], step):
+                logits = self.decode(group_features, embeddings[first : first + step])
+                probs = self.probabilities(logits, size, options.normalize)  # [k, g, H, W]
+                del logits
+                if not finish:
+                    maps.append(probs)
+                    continue
+                split = max(0, min(positive_count - first, probs.shape[1]))
+                if split > 0:
+                    part = combine(probs[:, :split], options.combine, dim=1)
+                    positive = part if positive is None else combine(torch.stack([positive, part], 1), options.combine)
+                if split < probs.shape[1]:
+                    part = probs[:, split:].amax(dim=1)
+                    negative = part if negative is None else torch.maximum(negative, part)
             if finish:
-                probs = finish_masks(probs[:, :positive_count], probs[:, positive_count:], options)
-            for i, values in zip(indices, probs):
-                out[i] = values
+                assert positive is not None
+                values = finish_masks(positive[:, None], None if negative is None else negative[:, None], options)
+            else:
+                values = torch.cat(maps, dim=1)
+            for i, value in zip(indices, values):
+                out[i] = value
         return out  # type: ignore[return-value]
 
 
@@ -583,4 +686,65 @@ def load(
     session = _SESSIONS.get(id(loaded))
     if session is None or session.loaded is not loaded:
         session = _SESSIONS[id(loaded)] = Segmenter(loaded)
+    return session
+
+
+def _torchvision_pixel_table(config: Any) -> torch.Tensor:
+    """``[3, 256]`` pixel values as transformers' torchvision processors compute them (fused rescale+normalize)."""
+    levels = torch.arange(256, dtype=torch.float32).expand(3, 256)
+    if config.do_rescale and config.do_normalize:
+        mean = torch.tensor(config.mean) * (1.0 / config.rescale_factor)
+        std = torch.tensor(config.std) * (1.0 / config.rescale_factor)
+        return ((levels - mean[:, None]) / std[:, None]).contiguous()
+    if config.do_normalize:
+        mean, std = torch.tensor(config.mean), torch.tensor(config.std)
+        return ((levels - mean[:, None]) / std[:, None]).contiguous()
+    return (levels * config.rescale_factor if config.do_rescale else levels).contiguous()
+
+
+def _torchvision_resize(group: torch.Tensor, size: tuple[int, int], resample: str) -> torch.Tensor:
+    """uint8 ``[n, 3, H, W]`` resized as transformers' torchvision processors do (on the CPU, as they do)."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as tvF
+
+    mode = InterpolationMode.BICUBIC if resample == "bicubic" else InterpolationMode.BILINEAR
+    resized = tvF.resize(group.cpu(), list(size), interpolation=mode, antialias=True)
+    return resized.to(group.device)
+
+
+_HF_SESSIONS: OrderedDict[tuple[int, int, str, str], tuple[Any, Any, Segmenter]] = OrderedDict()
+_HF_SESSIONS_MAX = 4
+
+
+def session_from_hf(
+    processor: Any,
+    model: Any,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> Segmenter:
+    """A :class:`Segmenter` over a ``(CLIPSegProcessor, CLIPSegForImageSegmentation)`` pair loaded elsewhere
+    (e.g. another ComfyUI pack's loader).
+
+    Pixels are prepared as this processor prepares them (Pillow, or torchvision for transformers' torchvision
+    image processors), bit for bit. The caller's model is never changed: it is used as is when it already
+    sits on ``device`` in ``dtype``, otherwise a copy is moved there (``segmenter.model is not model`` tells
+    which). Sessions are cached per (processor, model, device, dtype); the last few are kept.
+
+    Args:
+        processor: its tokenizer and image-processor settings (size, resample, mean, std, rescale) are used.
+        model: the CLIPSeg model.
+        device: target device (None: the model's own).
+        dtype: target dtype (None: the model's own).
+    """
+    from .model import adopt_model
+
+    key = (id(model), id(processor), str(device), str(dtype))
+    cached = _HF_SESSIONS.get(key)
+    if cached is not None and cached[0] is model and cached[1] is processor:
+        _HF_SESSIONS.move_to_end(key)
+        return cached[2]
+    session = Segmenter(adopt_model(processor, model, device=device, dtype=dtype))
+    _HF_SESSIONS[key] = (model, processor, session)
+    while len(_HF_SESSIONS) > _HF_SESSIONS_MAX:
+        _HF_SESSIONS.popitem(last=False)
     return session

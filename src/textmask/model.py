@@ -23,7 +23,7 @@ import re
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,7 @@ class PreprocessConfig:
     do_resize: bool = True
     do_rescale: bool = True
     do_normalize: bool = True
+    backend: str = "pil"  # "torchvision": transformers' torchvision image processors (see from_image_processor)
 
     @classmethod
     def from_folder(cls, folder: Path) -> PreprocessConfig:
@@ -144,28 +145,53 @@ class PreprocessConfig:
             raw: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"{path} is not valid JSON ({exc}); delete it to use the defaults") from exc
+        return cls.from_mapping(raw, str(path))
+
+    @classmethod
+    def from_mapping(cls, raw: dict[str, Any], where: str = "preprocessor config") -> PreprocessConfig:
+        """Build from ``preprocessor_config.json``-style fields (missing ones take the rd64-refined defaults)."""
         size = raw.get("size", 352)
+        if size is None:
+            size = 352
+        if not isinstance(size, (int, dict, tuple, list)):  # transformers 5 SizeDict
+            size = {k: getattr(size, k, None) for k in ("height", "width", "shortest_edge")}
         if isinstance(size, dict):
+            size = {k: v for k, v in size.items() if v is not None}
             size = (
                 size.get("height", size.get("shortest_edge", 352)),
                 size.get("width", size.get("shortest_edge", 352)),
             )
         elif isinstance(size, int):
             size = (size, size)
-        resample = {2: "bilinear", 3: "bicubic"}.get(raw.get("resample", 2))
+        resample_code = raw.get("resample", 2)
+        resample = {2: "bilinear", 3: "bicubic"}.get(int(resample_code) if resample_code is not None else 2)
         if resample is None:
-            log.warning("%s: resample=%s is not supported; using bilinear", path, raw.get("resample"))
+            log.warning("%s: resample=%s is not supported; using bilinear", where, resample_code)
             resample = "bilinear"
         return cls(
             size=(int(size[0]), int(size[1])),
             resample=resample,
             rescale_factor=float(raw.get("rescale_factor", 1 / 255)),
-            mean=tuple(raw.get("image_mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
-            std=tuple(raw.get("image_std", IMAGENET_STD)),  # type: ignore[arg-type]
+            mean=tuple(float(x) for x in raw.get("image_mean", IMAGENET_MEAN)),  # type: ignore[arg-type]
+            std=tuple(float(x) for x in raw.get("image_std", IMAGENET_STD)),  # type: ignore[arg-type]
             do_resize=bool(raw.get("do_resize", True)),
             do_rescale=bool(raw.get("do_rescale", True)),
             do_normalize=bool(raw.get("do_normalize", True)),
         )
+
+    @classmethod
+    def from_image_processor(cls, image_processor: Any) -> PreprocessConfig:
+        """Read the settings of a loaded transformers image processor (e.g. ``processor.image_processor``)."""
+        names = ("size", "resample", "rescale_factor", "image_mean", "image_std", "do_resize", "do_rescale")
+        raw = {name: getattr(image_processor, name) for name in (*names, "do_normalize")}
+        raw = {name: value for name, value in raw.items() if value is not None}
+        config = cls.from_mapping(raw, type(image_processor).__name__)
+        # transformers 5 (with torchvision installed) and the 4.x "fast" processors resize with torchvision
+        # and normalize in float32; the others resize with Pillow. Follow whichever this processor uses.
+        bases = {base.__name__ for base in type(image_processor).__mro__}
+        if bases & {"TorchvisionBackend", "BaseImageProcessorFast"}:
+            config = replace(config, backend="torchvision")
+        return config
 
 
 # ----------------------------------------------------------------------------------- random models
@@ -229,6 +255,7 @@ def build_random_model(kind: str, folder: str | Path, seed: int = 0) -> Path:
     try:
         torch.manual_seed(seed)
         model = CLIPSegForImageSegmentation(random_config(kind)).eval()
+        _calibrate_logit_scale(model)
         model.save_pretrained(staging, safe_serialization=True)
         write_clip_tokenizer_files(staging)
         processor_config = {
@@ -258,9 +285,29 @@ def build_random_model(kind: str, folder: str | Path, seed: int = 0) -> Path:
     return folder
 
 
+def _calibrate_logit_scale(model: Any, target_std: float = 3.0) -> None:
+    """Scale a random model's last decoder layer so its logits spread like a trained model's (std ≈ 3).
+
+    Random initialization gives logits in the hundreds, where every sigmoid saturates to exactly 0 or 1;
+    such a model would hide mistakes in probabilities, normalization and thresholds.
+    """
+    generator = torch.Generator().manual_seed(1234)
+    size = model.config.vision_config.patch_size * 22
+    pixels = torch.randn(1, 3, size, size, generator=generator)
+    embedding = torch.randn(1, model.config.projection_dim, generator=generator)
+    with torch.no_grad():
+        logits = model(pixel_values=pixels, conditional_embeddings=embedding).logits
+        last = model.decoder.transposed_convolution
+        last = last[-1] if isinstance(last, torch.nn.Sequential) else last
+        scale = target_std / float(logits.std())
+        last.weight.mul_(scale)
+        if last.bias is not None:
+            last.bias.mul_(scale)
+
+
 def _random_model_folder(source: str) -> Path:
     kind = source.split("-", 1)[1]
-    folder = cache_root() / f"{source}-v1"
+    folder = cache_root() / f"{source}-v2"
     if not (folder / "config.json").is_file():
         log.info("building the %s model in %s (random weights: masks are meaningless)", source, folder)
         build_random_model(kind, folder)
@@ -421,6 +468,7 @@ def load_model(
     cache_dir: str | Path | None = None,
     allow_pickle: bool = False,
     download: bool = True,
+    reuse: bool = True,
 ) -> LoadedModel:
     """Load a CLIPSeg model once per (source, device, dtype) per process; later calls return the same object.
 
@@ -431,6 +479,8 @@ def load_model(
         cache_dir: Hugging Face cache folder to look in / download to (ComfyUI: ``models/clipseg``).
         allow_pickle: also load ``pytorch_model.bin`` (pickle) weights. Only for sources you trust.
         download: allow a download when the weights are not cached.
+        reuse: return the process-wide cached object when there is one, and cache a new one. False loads
+            from disk afresh and caches nothing (to verify the files as they are now).
     """
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype, resolved_device)
@@ -440,7 +490,7 @@ def load_model(
     if fast:
         key += ("fast", str(quantize))  # type: ignore[assignment]
     with _CACHE_LOCK:
-        cached = _CACHE.get(key)
+        cached = _CACHE.get(key) if reuse else None
         if cached is not None:
             return cached
         folder = locate_model(source, cache_dir=cache_dir, download=download)
@@ -456,7 +506,8 @@ def load_model(
             fast=fast,
             quantize=quantize,
         )
-        _CACHE[key] = loaded
+        if reuse:
+            _CACHE[key] = loaded
         return loaded
 
 
@@ -464,3 +515,69 @@ def clear_model_cache() -> None:
     """Forget every loaded model (they are freed once nothing else holds them)."""
     with _CACHE_LOCK:
         _CACHE.clear()
+
+
+# ------------------------------------------------------------------------------ foreign (processor, model)
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    if a.type != b.type:
+        return False
+    if a.type == "cuda":
+        current = torch.cuda.current_device() if torch.cuda.is_available() else 0
+        return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
+    return a.index == b.index or a.index is None or b.index is None
+
+
+def adopt_model(
+    processor: Any,
+    model: Any,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> LoadedModel:
+    """Wrap a ``(CLIPSegProcessor, CLIPSegForImageSegmentation)`` pair that someone else loaded.
+
+    The tokenizer and pixel settings (size, resample, mean, std, rescale factor) come from the processor.
+    The caller's model is never changed: when it is not already on ``device`` in ``dtype`` a copy is moved
+    there, and the copy is what the returned :class:`LoadedModel` holds.
+
+    Args:
+        processor: anything with ``.tokenizer`` and ``.image_processor`` (a ``CLIPSegProcessor``).
+        model: a ``CLIPSegForImageSegmentation`` (anything with ``.clip.vision_model`` and ``.decoder``).
+        device: target device; None keeps the model's own device.
+        dtype: target dtype; None keeps the model's own dtype.
+
+    Raises:
+        ModelLoadError: when the pair is not a CLIPSeg processor and model.
+    """
+    import copy
+
+    tokenizer = getattr(processor, "tokenizer", None)
+    image_processor = getattr(processor, "image_processor", None)
+    parameters = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
+    if (
+        tokenizer is None
+        or image_processor is None
+        or not parameters
+        or not hasattr(getattr(model, "clip", None), "vision_model")
+        or not hasattr(model, "decoder")
+    ):
+        raise ModelLoadError(
+            "expected a (CLIPSegProcessor, CLIPSegForImageSegmentation) pair, got "
+            f"({type(processor).__name__}, {type(model).__name__})"
+        )
+    current_device, current_dtype = parameters[0].device, parameters[0].dtype
+    target_device = current_device if device is None else resolve_device(device)
+    target_dtype = current_dtype if dtype is None else resolve_dtype(dtype, target_device)
+    if _same_device(current_device, target_device) and current_dtype == target_dtype:
+        own = model
+    else:
+        own = copy.deepcopy(model).to(device=target_device, dtype=target_dtype).eval()
+    name = str(getattr(model.config, "_name_or_path", "") or "")
+    return LoadedModel(
+        source=name or f"{type(model).__name__}@{id(model):x}",
+        folder=Path(name) if name else Path("."),
+        model=own,
+        tokenizer=tokenizer,
+        preprocess=PreprocessConfig.from_image_processor(image_processor),
+        device=target_device if own is not model else current_device,
+        dtype=target_dtype,
+    )

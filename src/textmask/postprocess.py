@@ -95,7 +95,7 @@ def threshold(mask: torch.Tensor, value: float, softness: float = 0.0) -> torch.
         value: threshold in [0, 1].
         softness: ramp width in [0, 1]; 0 for a hard threshold.
     """
-    if softness <= 0:
+    if softness < _FLAT:  # a ramp narrower than float precision is a step (and 1/softness would overflow)
         return (mask > value).to(mask.dtype)
     return ((mask - (value - softness / 2)) / softness).clamp(0.0, 1.0)
 
@@ -250,3 +250,80 @@ def finish_masks(positive: torch.Tensor, negative: torch.Tensor | None, options:
     if options.invert:
         mask = invert(mask)
     return mask
+
+
+# -------------------------------------------------------------------------------------------- time
+def smooth_temporal(
+    maps: torch.Tensor, strength: float, previous: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Exponential moving average over the first (time) axis, to cut frame-to-frame flicker in video masks.
+
+    ``out[t] = (1 - strength) * maps[t] + strength * out[t - 1]``, with ``out[-1] = previous`` (or
+    ``maps[0]`` when there is none), so a long video can be smoothed chunk by chunk with the same result
+    as in one piece.
+
+    Args:
+        maps: ``[T, ...]`` (e.g. ``[T, P, H, W]`` per-prompt maps of T consecutive frames), in [0, 1].
+        strength: in [0, 1); 0 returns ``maps`` unchanged, 0.5 is mild, 0.8 strong (lags on fast motion).
+        previous: the last smoothed frame of the previous chunk, ``maps.shape[1:]``, or None.
+
+    Returns:
+        ``(smoothed [T, ...], last smoothed frame to pass as ``previous`` for the next chunk)``.
+    """
+    strength = float(strength)
+    if not 0.0 <= strength < 1.0:
+        raise ValueError(f"smoothing strength: must be in [0, 1), got {strength}")
+    if strength == 0.0 or maps.shape[0] == 0:
+        return maps, (maps[-1] if maps.shape[0] else previous)
+    out = torch.empty_like(maps)
+    state = maps[0] if previous is None else previous.to(device=maps.device, dtype=maps.dtype)
+    for t in range(maps.shape[0]):  # sequential by nature; each step is one batched op over [...]
+        state = torch.lerp(maps[t], state, strength)
+        out[t] = state
+    return out, state
+
+
+# ------------------------------------------------------------------------------------------ previews
+def heatmap_colors(mask: torch.Tensor) -> torch.Tensor:
+    """Colour a mask with a jet-like map (0 → dark blue, 0.5 → green, 1 → dark red).
+
+    Args:
+        mask: ``[..., H, W]`` in [0, 1].
+
+    Returns:
+        ``[..., H, W, 3]`` RGB in [0, 1].
+    """
+    x = mask.clamp(0.0, 1.0)[..., None]
+    centres = torch.tensor([0.75, 0.5, 0.25], dtype=x.dtype, device=x.device)  # R, G, B peaks
+    return (1.5 - (4.0 * (x - centres)).abs()).clamp(0.0, 1.0)
+
+
+def heatmap_overlay(images: torch.Tensor, masks: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """Blend a heat-map of ``masks`` over ``images`` for previews: ``(1 - alpha) image + alpha colour(mask)``.
+
+    Args:
+        images: ``[B, H, W, C]`` float in [0, 1], C = 1 (grey), 3 (RGB) or 4 (alpha is dropped).
+        masks: ``[B, H, W]`` or ``[H, W]`` in [0, 1]; resized (bilinear) to the images' size if it differs; a
+            batch of one is repeated over the images and vice versa.
+        alpha: weight of the heat-map in [0, 1].
+
+    Returns:
+        ``[max(B_images, B_masks), H, W, 3]`` float32 in [0, 1].
+    """
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha: must be in [0, 1], got {alpha}")
+    if images.dim() != 4:
+        raise ValueError(f"images: expected [B, H, W, C], got shape {list(images.shape)}")
+    rgb = images[..., :3].float() if images.shape[-1] >= 3 else images[..., :1].float().expand(-1, -1, -1, 3)
+    masks = masks.float().reshape(-1, masks.shape[-2], masks.shape[-1]).to(rgb.device)
+    height, width = rgb.shape[1:3]
+    if tuple(masks.shape[-2:]) != (height, width):
+        masks = F.interpolate(masks[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+    if masks.shape[0] != rgb.shape[0]:
+        if masks.shape[0] != 1 and rgb.shape[0] != 1:
+            raise ValueError(f"masks: batch of {masks.shape[0]} does not match images batch of {rgb.shape[0]}")
+        count = max(masks.shape[0], rgb.shape[0])
+        masks = masks.expand(count, -1, -1)
+        rgb = rgb.expand(count, -1, -1, -1)
+    blended = (1.0 - alpha) * rgb + alpha * heatmap_colors(masks)
+    return blended.clamp(0.0, 1.0)

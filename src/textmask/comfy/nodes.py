@@ -1,0 +1,424 @@
+"""textmask's ComfyUI nodes: declarations and conversion only; the work happens in the engine.
+
+* ``SaltCLIPSegMasking`` and ``SaltCLIPSegLoader``: drop-ins for SaltAI's nodes, same ids, names, inputs and
+  outputs, so saved workflows load and run unchanged (and produce the same masks, within 1/255).
+* ``TextmaskCLIPSegLoader`` and ``TextmaskCLIPSegMasking``: the richer loader (model list, device, dtype) and
+  masking node (several prompts, negatives, threshold, blur, grow/shrink, invert, normalization, previews;
+  optionally an example image too).
+* ``TextmaskCLIPSegExampleMasking``: masks what looks like an example image (CLIPSeg's visual prompts).
+
+This module imports nothing heavy: torch, transformers and the engine load when a node first runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger("textmask")
+
+DEFAULT_MODEL = "CIDAS/clipseg-rd64-refined"
+DEVICE_CHOICES = ["auto", "cpu"]
+DTYPE_CHOICES = ["auto", "float32", "float16", "bfloat16"]
+NORMALIZE_CHOICES = ["minmax", "none", "seed"]
+COMBINE_CHOICES = ["union", "intersection"]
+EXAMPLE_MODE_CHOICES = ["separate", "blend"]
+
+# Inputs shared by the masking nodes (same names, ranges and tooltips everywhere).
+_NORMALIZE = (
+    NORMALIZE_CHOICES,
+    {
+        "default": "minmax",
+        "tooltip": "minmax: stretch each map to 0..1; none: raw probability (steady across "
+        "frames); seed: SaltAI's (p - min) / max",
+    },
+)
+_THRESHOLD = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Binarize above this; 0: off"})
+_BLUR = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 64.0, "step": 0.5, "tooltip": "Gaussian blur sigma, pixels"})
+_GROW = ("INT", {"default": 0, "min": -256, "max": 256, "step": 1, "tooltip": "Grow (>0) or shrink (<0), pixels"})
+_BATCH_SIZE = ("INT", {"default": 8, "min": 1, "max": 256, "step": 1, "tooltip": "Images per forward pass"})
+_OVERLAY_ALPHA = ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "Heat-map opacity"})
+_EXAMPLE_MASK = ("MASK", {"tooltip": "Marks the object in the example (1 = object); its background is then blanked"})
+_INVERT_EXAMPLE_MASK = (
+    "BOOLEAN",
+    {
+        "default": False,
+        "tooltip": "Use 1 - example_mask. Load Image's MASK is 1 - alpha: turn this on to use a cut-out's shape",
+    },
+)
+
+
+class SaltCLIPSegMasking:
+    """Drop-in for SaltAI's "Batch Image CLIPSeg Masking": same contract, same masks (within 1/255).
+
+    Underneath: the model is loaded once per process, the batch runs in chunks on ComfyUI's device, and
+    the seed's normalization and resizing are reproduced exactly (``normalize="seed"``).
+    """
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "images": ("IMAGE",),
+                "text": ("STRING", {"default": "", "multiline": False}),
+            },
+            "optional": {
+                "clipseg_model": ("CLIPSEG_MODEL",),
+            },
+        }
+
+    RETURN_TYPES = ("MASK", "IMAGE")
+    RETURN_NAMES = ("masks", "mask_images")
+    FUNCTION = "CLIPSeg_image"
+    CATEGORY = "SALT/Masking"
+
+    def CLIPSeg_image(self, images: Any, text: str | None = None, clipseg_model: Any = None) -> tuple[Any, Any]:
+        """IMAGE ``[B, H, W, C]`` → masks ``[B, H, W]`` and mask images ``[B, H, W, 3]``, all at the first
+        image's size, normalized as the seed node does."""
+        from . import runtime
+
+        batch = runtime.as_images(images)
+        segmenter = runtime.segmenter_for(clipseg_model)
+        prompt = "" if text is None else str(text)
+        masks = runtime.run_masks(segmenter, batch, prompt, runtime.first_size(batch), normalize="seed")
+        return masks, runtime.mask_to_image(masks)
+
+
+class SaltCLIPSegLoader:
+    """Drop-in for SaltAI's "CLIPSeg Model Loader (Salt)": a hub id or folder → ``(processor, model)``.
+
+    Looks in ComfyUI's ``models/clipseg`` (Hugging Face cache layout, as SaltAI and WAS keep it) first, then
+    the default Hugging Face cache; downloads only when missing and online. Loaded once per process; the
+    pair is plain CPU float32, usable by SaltAI's and WAS's masking nodes too.
+    """
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "model": ("STRING", {"default": DEFAULT_MODEL, "multiline": False}),
+            },
+        }
+
+    RETURN_TYPES = ("CLIPSEG_MODEL",)
+    RETURN_NAMES = ("clipseg_model",)
+    FUNCTION = "clipseg_model"
+    CATEGORY = "SALT/Loaders"
+
+    def clipseg_model(self, model: str) -> tuple[Any]:
+        from . import runtime
+
+        return (runtime.load_pair(model, device="auto", dtype="float32"),)
+
+
+def _model_choices() -> list[str]:
+    try:
+        from .folders import list_models
+
+        return list_models()
+    except Exception:  # a broken folder must not hide the node
+        log.warning("textmask: could not list the clipseg model folders", exc_info=True)
+        return [DEFAULT_MODEL]
+
+
+class TextmaskCLIPSegLoader:
+    """Load a CLIPSeg model found in ``models/clipseg`` (or the default hub id) and choose device and dtype.
+
+    The output is the usual ``(CLIPSegProcessor, CLIPSegForImageSegmentation)`` pair (plain CPU float32, so
+    other packs' CLIPSeg nodes can use it); textmask's nodes run it on the chosen device and dtype.
+    """
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "model": (
+                    _model_choices(),
+                    {"tooltip": "Models found in ComfyUI/models/clipseg (folders, or Hugging Face cache as ORG/NAME)"},
+                ),
+                "device": (
+                    DEVICE_CHOICES,
+                    {"default": "auto", "tooltip": "auto: ComfyUI's device (GPU when it has one)"},
+                ),
+                "dtype": (
+                    DTYPE_CHOICES,
+                    {"default": "auto", "tooltip": "auto: float16 on GPUs where ComfyUI uses it, else float32"},
+                ),
+            },
+        }
+
+    RETURN_TYPES = ("CLIPSEG_MODEL",)
+    RETURN_NAMES = ("clipseg_model",)
+    FUNCTION = "load"
+    CATEGORY = "textmask/loaders"
+    DESCRIPTION = (
+        "Loads a CLIPSeg model from ComfyUI/models/clipseg (or the default hub id) once per process. The output "
+        "also works with SaltAI's and WAS Node Suite's CLIPSeg nodes."
+    )
+
+    def load(self, model: str, device: str = "auto", dtype: str = "auto") -> tuple[Any]:
+        from . import runtime
+
+        if device not in DEVICE_CHOICES:
+            raise ValueError(f"device: {device!r} is not one of {DEVICE_CHOICES}")
+        if dtype not in DTYPE_CHOICES:
+            raise ValueError(f"dtype: {dtype!r} is not one of {DTYPE_CHOICES}")
+        return (runtime.load_pair(model, device=device, dtype=dtype),)
+
+
+class TextmaskCLIPSegMasking:
+    """Text-prompted masks with the usual controls, and previews.
+
+    Prompts (one per line) are combined (union: any, intersection: all); negative prompts are subtracted;
+    then threshold, grow/shrink, blur and invert, in that order. Outputs the mask, a black-and-white mask
+    image and a heat-map overlay on the input.
+    """
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "images": ("IMAGE",),
+                "prompts": (
+                    "STRING",
+                    {"default": "", "multiline": True, "tooltip": "What to mask, one prompt per line"},
+                ),
+                "negative_prompts": (
+                    "STRING",
+                    {"default": "", "multiline": True, "tooltip": "What to remove from the mask, one per line"},
+                ),
+                "combine": (COMBINE_CHOICES, {"default": "union", "tooltip": "union: any prompt; intersection: all"}),
+                "normalize": _NORMALIZE,
+                "threshold": _THRESHOLD,
+                "blur": _BLUR,
+                "grow": _GROW,
+                "invert": ("BOOLEAN", {"default": False}),
+                "batch_size": _BATCH_SIZE,
+            },
+            "optional": {
+                "clipseg_model": ("CLIPSEG_MODEL",),
+                "overlay_alpha": _OVERLAY_ALPHA,
+                "example": ("IMAGE", {"tooltip": "Also mask what looks like this example (a batch is averaged)"}),
+                "example_mask": _EXAMPLE_MASK,
+                "invert_example_mask": _INVERT_EXAMPLE_MASK,
+                "example_mode": (
+                    EXAMPLE_MODE_CHOICES,
+                    {
+                        "default": "separate",
+                        "tooltip": "separate: the example is one more prompt, combined like the others; blend: "
+                        "each text prompt is averaged with the example into one prompt",
+                    },
+                ),
+                "example_weight": (
+                    "FLOAT",
+                    {
+                        "default": 1.0,
+                        "min": 0.0,
+                        "max": 100.0,
+                        "step": 0.1,
+                        "tooltip": "blend: the example's weight against each text prompt (1: equal)",
+                    },
+                ),
+            },
+        }
+
+    RETURN_TYPES = ("MASK", "IMAGE", "IMAGE")
+    RETURN_NAMES = ("mask", "mask_image", "heatmap")
+    FUNCTION = "mask"
+    CATEGORY = "textmask/masking"
+    DESCRIPTION = (
+        "Masks what the prompts describe (one per line), minus the negative prompts; then threshold, grow/shrink, "
+        "blur, invert. Outputs the mask, a black-and-white image of it and a heat-map preview."
+    )
+
+    def mask(
+        self,
+        images: Any,
+        prompts: str,
+        negative_prompts: str = "",
+        combine: str = "union",
+        normalize: str = "minmax",
+        threshold: float = 0.0,
+        blur: float = 0.0,
+        grow: int = 0,
+        invert: bool = False,
+        batch_size: int = 8,
+        clipseg_model: Any = None,
+        overlay_alpha: float = 0.5,
+        example: Any = None,
+        example_mask: Any = None,
+        invert_example_mask: bool = False,
+        example_mode: str = "separate",
+        example_weight: float = 1.0,
+    ) -> tuple[Any, Any, Any]:
+        """IMAGE ``[B, H, W, C]`` → mask ``[B, H, W]``, mask image and heat-map ``[B, H, W, 3]``."""
+        from ..prompts import combine_prompts
+        from . import runtime
+
+        texts = runtime.prompt_lines(prompts, "prompts", required=example is None)
+        negative = runtime.prompt_lines(negative_prompts, "negative_prompts", required=False)
+        visual = runtime.example_prompt(example, example_mask, bool(invert_example_mask))
+        positive = combine_prompts(texts, visual, mix=example_mode, example_weight=float(example_weight))
+        return _mask_with_previews(
+            images, positive, negative, clipseg_model, overlay_alpha, combine, normalize, threshold, blur, grow,
+            invert, batch_size,
+        )  # fmt: skip
+
+
+class TextmaskCLIPSegExampleMasking:
+    """Masks what looks like an example image: CLIPSeg's visual ("one-shot") prompts.
+
+    The example goes through CLIP's image tower once (a batch of examples is averaged into one prompt). With
+    an ``example_mask`` marking the object, the example's background is blanked first (cropped to the object,
+    blurred and darkened), as the CLIPSeg paper recommends. Then threshold, grow/shrink, blur and invert, as
+    in the text masking node.
+    """
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "images": ("IMAGE",),
+                "example": ("IMAGE", {"tooltip": "What to look for (a batch of examples is averaged into one)"}),
+                "normalize": _NORMALIZE,
+                "threshold": _THRESHOLD,
+                "blur": _BLUR,
+                "grow": _GROW,
+                "invert": ("BOOLEAN", {"default": False}),
+                "batch_size": _BATCH_SIZE,
+            },
+            "optional": {
+                "example_mask": _EXAMPLE_MASK,
+                "invert_example_mask": _INVERT_EXAMPLE_MASK,
+                "example_background": (
+                    "FLOAT",
+                    {
+                        "default": 0.1,
+                        "min": 0.0,
+                        "max": 1.0,
+                        "step": 0.05,
+                        "tooltip": "With example_mask: how much of the example's background is kept (1: all)",
+                    },
+                ),
+                "example_blur": (
+                    "FLOAT",
+                    {
+                        "default": 3.0,
+                        "min": 0.0,
+                        "max": 64.0,
+                        "step": 0.5,
+                        "tooltip": "With example_mask: blur sigma of the example's background (pixels at 352 px)",
+                    },
+                ),
+                "example_crop": (
+                    "BOOLEAN",
+                    {"default": True, "tooltip": "With example_mask: crop the example to the object"},
+                ),
+                "clipseg_model": ("CLIPSEG_MODEL",),
+                "overlay_alpha": _OVERLAY_ALPHA,
+            },
+        }
+
+    RETURN_TYPES = ("MASK", "IMAGE", "IMAGE")
+    RETURN_NAMES = ("mask", "mask_image", "heatmap")
+    FUNCTION = "mask"
+    CATEGORY = "textmask/masking"
+    DESCRIPTION = (
+        "Masks what looks like the example image (optionally with a mask marking the object in it); then "
+        "threshold, grow/shrink, blur, invert. Outputs the mask, a black-and-white image of it and a heat-map."
+    )
+
+    def mask(
+        self,
+        images: Any,
+        example: Any,
+        normalize: str = "minmax",
+        threshold: float = 0.0,
+        blur: float = 0.0,
+        grow: int = 0,
+        invert: bool = False,
+        batch_size: int = 8,
+        example_mask: Any = None,
+        invert_example_mask: bool = False,
+        example_background: float = 0.1,
+        example_blur: float = 3.0,
+        example_crop: bool = True,
+        clipseg_model: Any = None,
+        overlay_alpha: float = 0.5,
+    ) -> tuple[Any, Any, Any]:
+        """IMAGE ``[B, H, W, C]`` and example IMAGE ``[N, h, w, C]`` → mask ``[B, H, W]``, mask image and
+        heat-map ``[B, H, W, 3]``."""
+        from ..errors import PromptError
+        from . import runtime
+
+        if example is None:
+            raise PromptError("example: connect an example IMAGE (what to look for)")
+        visual = runtime.example_prompt(
+            example,
+            example_mask,
+            bool(invert_example_mask),
+            background=float(example_background),
+            blur=float(example_blur),
+            crop=bool(example_crop),
+        )
+        return _mask_with_previews(
+            images, [visual], [], clipseg_model, overlay_alpha, "union", normalize, threshold, blur, grow, invert,
+            batch_size,
+        )  # fmt: skip
+
+
+def _mask_with_previews(
+    images: Any,
+    prompts: list[Any],
+    negative: list[Any],
+    clipseg_model: Any,
+    overlay_alpha: float,
+    combine: str,
+    normalize: str,
+    threshold: float,
+    blur: float,
+    grow: int,
+    invert: bool,
+    batch_size: int,
+) -> tuple[Any, Any, Any]:
+    """The masking nodes' common run: masks ``[B, H, W]`` at the first image's size, the mask as an IMAGE and
+    a heat-map preview ``[B, H, W, 3]``."""
+    from ..postprocess import heatmap_overlay
+    from . import runtime
+
+    batch = runtime.as_images(images)
+    size = runtime.first_size(batch)
+    segmenter = runtime.segmenter_for(clipseg_model)
+    masks = runtime.run_masks(
+        segmenter,
+        batch,
+        prompts,
+        size,
+        negative_prompts=negative,
+        combine=combine,
+        normalize=normalize,
+        threshold=float(threshold) if threshold > 0 else None,
+        blur=float(blur),
+        grow=int(grow),
+        invert=bool(invert),
+        batch_size=int(batch_size),
+    )
+    preview = heatmap_overlay(runtime.stack_at(batch, size).to(masks.device), masks, float(overlay_alpha))
+    return masks, runtime.mask_to_image(masks), preview
+
+
+NODE_CLASS_MAPPINGS = {
+    "SaltCLIPSegMasking": SaltCLIPSegMasking,
+    "SaltCLIPSegLoader": SaltCLIPSegLoader,
+    "TextmaskCLIPSegLoader": TextmaskCLIPSegLoader,
+    "TextmaskCLIPSegMasking": TextmaskCLIPSegMasking,
+    "TextmaskCLIPSegExampleMasking": TextmaskCLIPSegExampleMasking,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "SaltCLIPSegMasking": "Batch Image CLIPSeg Masking",
+    "SaltCLIPSegLoader": "CLIPSeg Model Loader (Salt)",
+    "TextmaskCLIPSegLoader": "CLIPSeg Model Loader (textmask)",
+    "TextmaskCLIPSegMasking": "CLIPSeg Masking (textmask)",
+    "TextmaskCLIPSegExampleMasking": "CLIPSeg Masking by Example (textmask)",
+}

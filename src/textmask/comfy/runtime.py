@@ -1,0 +1,377 @@
+"""What textmask's ComfyUI nodes do when they run: load models, pick the device, convert tensors, report progress.
+
+Imported only when a node runs (never at ComfyUI start-up), so an incompatible torch or transformers shows
+up as a clear error on the node instead of breaking ComfyUI. Every ComfyUI module is optional: outside
+ComfyUI (unit tests, scripts) the nodes run on the CPU without progress bars or model management.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..engine import Segmenter, session_from_hf
+from ..errors import InputError, ModelLoadError, PromptError
+from ..model import DTYPES, load_model
+from ..prompts import Blend, ImagePrompt, check_prompt, examples
+from .folders import DEFAULT_MODEL, comfy_module, resolve_model
+
+log = logging.getLogger("textmask")
+
+DEVICE_CHOICES = ("auto", "cpu")
+DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
+BROKEN_TRANSFORMERS = ("4.46.0",)  # its CLIPSeg interpolates position embeddings wrongly at 352×352
+
+_LOCK = threading.Lock()
+_PROCESSORS: dict[str, Any] = {}
+_PATCHERS: OrderedDict[int, tuple[Segmenter, Any]] = OrderedDict()
+_PATCHERS_MAX = 4
+
+
+# ------------------------------------------------------------------------------------------ models
+class ClipsegModel(tuple):
+    """``CLIPSEG_MODEL``: the ``(CLIPSegProcessor, CLIPSegForImageSegmentation)`` pair other packs expect.
+
+    The pair itself is plain: CPU, float32, as SaltAI's and WAS Node Suite's CLIPSeg nodes use it. The
+    attributes carry what textmask's nodes should do with it (model ``folder``, ``device`` and ``dtype``
+    choice); other packs never see them.
+    """
+
+    folder: Path | None
+    device: str
+    dtype: str
+
+    def __new__(
+        cls, pair: Sequence[Any], folder: Path | None = None, device: str = "auto", dtype: str = "auto"
+    ) -> ClipsegModel:
+        self = super().__new__(cls, tuple(pair))
+        self.folder = folder
+        self.device = device
+        self.dtype = dtype
+        return self
+
+
+def check_transformers() -> None:
+    """Refuse transformers versions whose CLIPSeg is broken, with what to do."""
+    try:
+        import transformers
+    except Exception as exc:
+        raise ModelLoadError(
+            f"textmask needs transformers (pip install -r requirements.txt in this node's folder): {exc}"
+        ) from None
+    if transformers.__version__ in BROKEN_TRANSFORMERS:
+        raise ModelLoadError(
+            f"transformers {transformers.__version__} has a CLIPSeg bug (position-embedding interpolation) that "
+            "ruins masks; install another version: pip install 'transformers>=4.45,!=4.46.0'"
+        )
+
+
+def load_pair(name: str, device: str = "auto", dtype: str = "auto") -> ClipsegModel:
+    """Load (once per process) the model ``name`` as a plain CPU float32 ``(processor, model)`` pair.
+
+    Args:
+        name: hub id, folder, or a choice from :func:`textmask.comfy.folders.list_models`.
+        device, dtype: what textmask's masking nodes should run it on (``"auto"``: ComfyUI's choice).
+    """
+    check_transformers()
+    folder = resolve_model(name)
+    loaded = load_model(str(folder), device="cpu", dtype="float32")
+    with _LOCK:
+        processor = _PROCESSORS.get(str(folder))
+        if processor is None:
+            from transformers import CLIPSegProcessor
+
+            try:
+                processor = CLIPSegProcessor.from_pretrained(str(folder))
+            except Exception as exc:
+                raise ModelLoadError(
+                    f"CLIPSeg model folder {folder}: the processor could not be loaded ({type(exc).__name__}: {exc}). "
+                    "The folder needs preprocessor_config.json, vocab.json and merges.txt."
+                ) from None
+            _PROCESSORS[str(folder)] = processor
+    return ClipsegModel((processor, loaded.model), folder=folder, device=device, dtype=dtype)
+
+
+def comfy_device(choice: str = "auto") -> torch.device:
+    """``"auto"``: ComfyUI's torch device (honours ``--cpu``), CPU outside ComfyUI; ``"cpu"``: the CPU."""
+    if choice == "cpu":
+        return torch.device("cpu")
+    if choice != "auto":
+        raise ValueError(f"device: {choice!r} is not one of {DEVICE_CHOICES}")
+    mm = comfy_module("comfy.model_management")
+    return torch.device(mm.get_torch_device()) if mm is not None else torch.device("cpu")
+
+
+def comfy_dtype(choice: str | None, device: torch.device) -> torch.dtype:
+    """``"auto"``: float16 where ComfyUI would use it on this GPU, else float32; float16 falls back to float32
+    on the CPU (where it is slow or unsupported)."""
+    if choice in (None, "auto"):
+        if device.type == "cpu":
+            return torch.float32
+        mm = comfy_module("comfy.model_management")
+        try:
+            fp16 = bool(mm is not None and mm.should_use_fp16(device))
+        except Exception:
+            fp16 = False
+        return torch.float16 if fp16 else torch.float32
+    if choice not in DTYPES:
+        raise ValueError(f"dtype: {choice!r} is not one of {DTYPE_CHOICES}")
+    if choice == "float16" and device.type == "cpu":
+        log.warning("textmask: float16 is not usable on the CPU; running CLIPSeg in float32")
+        return torch.float32
+    return DTYPES[choice]
+
+
+def segmenter_for(clipseg_model: Any = None) -> Segmenter:
+    """The session a node runs on, on ComfyUI's device and loaded there through ComfyUI's model management.
+
+    * None: the default model (``CIDAS/clipseg-rd64-refined`` from ``models/clipseg``), float32, loaded once.
+    * a :class:`ClipsegModel` from textmask's loaders: on its device/dtype choice.
+    * any other ``(processor, model)`` pair (SaltAI, WAS, hand-made): used as is, or a copy moved to
+      ComfyUI's device; the caller's model is never changed.
+
+    Pixels are prepared as the pair's processor prepares them (Pillow or torchvision, whichever the installed
+    transformers uses), so the masks equal what the seed node computes with the same processor and model.
+    """
+    check_transformers()
+    if clipseg_model is None:
+        clipseg_model, ours = load_pair(DEFAULT_MODEL, device="auto", dtype="float32"), True
+    else:
+        ours = isinstance(clipseg_model, ClipsegModel) and clipseg_model.folder is not None
+        if not isinstance(clipseg_model, (tuple, list)) or len(clipseg_model) != 2:
+            raise ModelLoadError(
+                "clipseg_model: expected a (CLIPSegProcessor, CLIPSegForImageSegmentation) pair from a CLIPSeg "
+                f"loader node, got {type(clipseg_model).__name__}"
+            )
+    processor, model = clipseg_model
+    if ours:
+        device = comfy_device(clipseg_model.device)
+        dtype: torch.dtype | None = comfy_dtype(clipseg_model.dtype, device)
+    else:
+        device, dtype = comfy_device("auto"), None  # a foreign model keeps its dtype
+    try:
+        segmenter = session_from_hf(processor, model, device=device, dtype=dtype)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"clipseg_model: {exc}") from None
+    if ours or segmenter.model is not model:  # never manage a model another pack still uses as it is
+        _load_into_comfy(segmenter)
+    return segmenter
+
+
+def _holder_class() -> type[torch.nn.Module]:
+    class TextmaskCLIPSeg(torch.nn.Module):
+        """A container ComfyUI's ModelPatcher can move: transformers models have a read-only ``device``."""
+
+        def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+            super().__init__()
+            self.hf = model
+            self.device = device
+
+    return TextmaskCLIPSeg
+
+
+def _load_into_comfy(segmenter: Segmenter) -> None:
+    """Register the session's model with ComfyUI's model management (once) and make sure it is loaded.
+
+    ComfyUI may offload it to its offload device when other models need the memory; this brings it back
+    before each run. Only models textmask owns are registered: never a model another pack handed over.
+    """
+    mm = comfy_module("comfy.model_management")
+    patcher_module = comfy_module("comfy.model_patcher")
+    if mm is None or patcher_module is None:
+        return
+    try:
+        with _LOCK:
+            entry = _PATCHERS.get(id(segmenter))
+            if entry is None or entry[0] is not segmenter:
+                holder = _holder_class()(segmenter.model, segmenter.device)
+                offload = segmenter.device if segmenter.device.type == "cpu" else mm.text_encoder_offload_device()
+                patcher = patcher_module.ModelPatcher(holder, load_device=segmenter.device, offload_device=offload)
+                entry = _PATCHERS[id(segmenter)] = (segmenter, patcher)
+                while len(_PATCHERS) > _PATCHERS_MAX:
+                    _PATCHERS.popitem(last=False)
+            _PATCHERS.move_to_end(id(segmenter))
+        mm.load_models_gpu([entry[1]], force_full_load=True)
+    except Exception as exc:  # a ComfyUI whose model management differs: run unmanaged rather than not at all
+        if type(exc).__name__ == "InterruptProcessingException":
+            raise
+        log.warning("textmask: ComfyUI model management failed; running CLIPSeg unmanaged", exc_info=True)
+        segmenter.model.to(segmenter.device)
+
+
+# ------------------------------------------------------------------------------------- conversion
+def as_images(images: Any, name: str = "images") -> torch.Tensor | list[torch.Tensor]:
+    """A ComfyUI IMAGE in any layout → ``[B, H, W, C]`` (or a list of ``[H, W, C]`` for a list input).
+
+    Accepts ``[B, H, W, C]``, a single ``[H, W, C]``, a grey ``[B, H, W]`` / ``[H, W]`` (a MASK wired in), and
+    lists of those (images of different sizes).
+    """
+    if isinstance(images, (list, tuple)):
+        items: list[torch.Tensor] = []
+        for index, item in enumerate(images):
+            batch = as_images(item, f"{name}[{index}]")
+            items.extend(batch.unbind(0))  # type: ignore[union-attr]
+        if not items:
+            raise InputError(f"{name}: the batch is empty")
+        return items
+    if not isinstance(images, torch.Tensor):
+        raise InputError(f"{name}: expected an IMAGE tensor [B, H, W, C], got {type(images).__name__}")
+    if images.dim() == 2:
+        images = images[None, :, :, None]
+    elif images.dim() == 3:
+        images = images[None] if images.shape[-1] in (1, 2, 3, 4) else images[..., None]
+    if images.dim() != 4:
+        raise InputError(f"{name}: expected an IMAGE tensor [B, H, W, C], got shape {list(images.shape)}")
+    if images.shape[0] == 0:
+        raise InputError(f"{name}: the batch is empty")
+    return images
+
+
+def as_masks(mask: torch.Tensor) -> torch.Tensor:
+    """A ComfyUI MASK in any layout (``[H, W]``, ``[B, H, W]``, ``[B, 1, H, W]``) → ``[B, H, W]`` float."""
+    return mask.reshape(-1, mask.shape[-2], mask.shape[-1]).float()
+
+
+def first_size(images: torch.Tensor | list[torch.Tensor]) -> tuple[int, int]:
+    """``(H, W)`` of the first image: the seed node's output size for the whole batch."""
+    first = images[0]
+    return int(first.shape[0]), int(first.shape[1])
+
+
+def stack_at(images: torch.Tensor | list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """Images as one ``[B, H, W, C]`` float batch at ``size`` (bilinear where a list holds other sizes)."""
+    if isinstance(images, torch.Tensor):
+        return images.float()
+    resized = []
+    for image in images:
+        colour = image[..., :3] if image.shape[-1] >= 3 else image[..., :1]
+        chw = colour.float().permute(2, 0, 1)[None]
+        if tuple(chw.shape[-2:]) != size:
+            chw = F.interpolate(chw, size=size, mode="bilinear", align_corners=False)
+        resized.append(chw[0].permute(1, 2, 0).expand(-1, -1, 3))
+    return torch.stack(resized)
+
+
+def mask_to_image(masks: torch.Tensor) -> torch.Tensor:
+    """``[B, H, W]`` masks → ``[B, H, W, 3]`` black-and-white IMAGE."""
+    return masks[..., None].expand(-1, -1, -1, 3).contiguous()
+
+
+def prompt_lines(text: str, name: str, required: bool) -> list[str]:
+    """One prompt per non-empty line."""
+    prompts = [line.strip() for line in str(text or "").splitlines() if line.strip()]
+    if required and not prompts:
+        raise PromptError(f"{name}: write at least one prompt (one per line), e.g. 'a cat'")
+    return prompts
+
+
+def example_prompt(
+    example: Any, example_mask: Any = None, invert_mask: bool = False, weight: float = 1.0, **settings: Any
+) -> ImagePrompt | Blend | None:
+    """A ComfyUI example IMAGE (and optional MASK) → one prompt: an :class:`ImagePrompt`, or a :class:`Blend`
+    averaging a batch of examples (:func:`textmask.prompts.examples`). None when no example is connected.
+
+    Args:
+        example: IMAGE ``[N, H, W, C]`` (any layout :func:`as_images` takes).
+        example_mask: MASK ``[H, W]``, ``[1, H, W]`` (one for every example) or ``[N, H, W]``; 1 = object.
+        invert_mask: use ``1 - mask``: Load Image's MASK is ``1 - alpha``, so a cut-out's shape needs this.
+        weight, settings: the prompt's weight and :class:`ImagePrompt` fields (``background``, ``blur``, ``crop``).
+    """
+    if example is None:
+        return None
+    batch = as_images(example, "example")
+    masks = None
+    if example_mask is not None:
+        if not isinstance(example_mask, torch.Tensor):
+            raise PromptError(f"example_mask: expected a MASK tensor [B, H, W], got {type(example_mask).__name__}")
+        masks = as_masks(example_mask)
+        size = first_size(batch)
+        if tuple(masks.shape[-2:]) == (64, 64) != size and not bool(masks.any()):
+            raise PromptError(
+                "example_mask: an empty 64×64 mask, which is what Load Image outputs for an image without "
+                "transparency; connect a real mask of the example (1 = object) or leave example_mask unconnected"
+            )
+        if invert_mask:
+            masks = 1.0 - masks
+        empty = [index for index, peak in enumerate(masks.flatten(1).amax(1).tolist()) if peak <= 0]
+        if empty:
+            flip = "off" if invert_mask else "on"
+            raise PromptError(
+                f"example_mask{'' if len(masks) == 1 else f' {empty}'}: the mask is empty (all 0), so it marks no "
+                f"object (1 = object). Load Image's MASK is 1 - alpha: try invert_example_mask {flip}"
+            )
+    prompt = examples(batch, masks, blend=True, weight=weight, **settings)
+    checked = check_prompt(prompt, "example")  # reads and checks it now, naming the input
+    assert isinstance(checked, (ImagePrompt, Blend))
+    return checked
+
+
+# --------------------------------------------------------------------------------------- running
+def progress_reporter(total: int) -> Callable[[int, int], None]:
+    """``progress(done, total)`` for the engine: advances ComfyUI's progress bar and stops when the user cancels."""
+    utils = comfy_module("comfy.utils")
+    mm = comfy_module("comfy.model_management")
+    bar = utils.ProgressBar(total) if utils is not None else None
+
+    def report(done: int, of: int) -> None:
+        if bar is not None:
+            bar.update_absolute(done, of)
+        if mm is not None:
+            mm.throw_exception_if_processing_interrupted()
+
+    return report
+
+
+def output_device() -> torch.device:
+    """Where node outputs go: ComfyUI's intermediate device (the CPU unless ``--gpu-only``)."""
+    mm = comfy_module("comfy.model_management")
+    return torch.device(mm.intermediate_device()) if mm is not None else torch.device("cpu")
+
+
+def run_masks(
+    segmenter: Segmenter,
+    images: torch.Tensor | list[torch.Tensor],
+    prompts: Any,
+    output_size: tuple[int, int],
+    **options: Any,
+) -> torch.Tensor:
+    """``segmenter.mask`` with ComfyUI's progress bar, cancel button and output device: ``[B, H, W]`` in [0, 1]."""
+    total = len(images)
+    masks = segmenter.mask(
+        images,
+        prompts,
+        output_size=output_size,
+        progress=progress_reporter(total),
+        output_device=output_device(),
+        **options,
+    )
+    assert isinstance(masks, torch.Tensor)
+    return masks
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEVICE_CHOICES",
+    "DTYPE_CHOICES",
+    "ClipsegModel",
+    "as_images",
+    "as_masks",
+    "check_transformers",
+    "comfy_device",
+    "comfy_dtype",
+    "example_prompt",
+    "first_size",
+    "load_pair",
+    "mask_to_image",
+    "prompt_lines",
+    "run_masks",
+    "segmenter_for",
+    "stack_at",
+]

@@ -1,0 +1,294 @@
+"""Videos in, mask videos out, as a stream: decode → chunk of frames → engine → encode (PyAV).
+
+Memory stays flat whatever the length: only ``batch_size`` frames (and their masks) are held at a time.
+Outputs keep the input's frame count, size and timing (each frame's timestamp is copied, so the frame rate,
+constant or variable, is the input's). Per input, target and kind (see :mod:`textmask.io` for names):
+
+=========  ==========================================  =============================================
+kind       ``video`` form                              ``frames`` form (a folder of PNGs)
+=========  ==========================================  =============================================
+mask       ``<key>.<slug>.mp4`` (H.264, grey mask)     ``<key>.<slug>/000000.png`` … (8 or 16 bit)
+overlay    ``<key>.<slug>.overlay.mp4`` (H.264)        ``<key>.<slug>.overlay/000000.png`` …
+cutout     ``<key>.<slug>.cutout.webm`` (VP9 + alpha)  ``<key>.<slug>.cutout/000000.png`` … (RGBA)
+=========  ==========================================  =============================================
+
+Every output is written under a temporary name and renamed when the whole video is done. Audio is not
+copied. Optional temporal smoothing (:func:`textmask.postprocess.smooth_temporal`) averages each prompt's
+probability map over time before thresholding, to cut flicker.
+
+PyAV is imported only when a video is opened (``pip install 'textmask[video]'``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import InputError, TextmaskError
+from .io import InputItem, PlannedOutput, atomic_path, render
+from .jobs import Interrupted, MaskJob, PromptTable, finish_targets
+from .postprocess import smooth_temporal
+
+_DEFAULT_RATE = Fraction(25)
+# Encoders tried in order per container; PyAV's wheels bundle libx264 and libvpx.
+_ENCODERS = {".mp4": ("libx264", "h264", "mpeg4"), ".webm": ("libvpx-vp9", "libvpx")}
+_ENCODER_OPTIONS = {
+    "libx264": {"crf": "17", "preset": "medium"},
+    "h264": {"crf": "17"},
+    "libvpx-vp9": {"crf": "30", "b": "0", "deadline": "good", "cpu-used": "4", "row-mt": "1"},
+    "libvpx": {"crf": "10", "b": "1M"},
+}
+
+
+class VideoUnavailable(TextmaskError):
+    """PyAV is not installed, or this FFmpeg build cannot encode the output format."""
+
+
+class VideoError(TextmaskError):
+    """A video could not be encoded."""
+
+
+def _av() -> Any:
+    try:
+        import av
+    except ImportError:
+        raise VideoUnavailable("video files need PyAV: pip install 'textmask[video]' (or pip install av)") from None
+    return av
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container says about a video's first video stream.
+
+    Attributes:
+        frames: frame count from the container, or an estimate from the duration; 0 when unknown.
+        width, height: frame size in pixels.
+        rate: average frame rate (frames per second), None when unknown.
+        time_base: the stream's timestamp unit, None when unknown.
+    """
+
+    frames: int
+    width: int
+    height: int
+    rate: Fraction | None
+    time_base: Fraction | None
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Open a video and read its stream info, or raise :class:`InputError` saying why not."""
+    av = _av()
+    name = os.fspath(path)
+    if not Path(name).is_file():
+        raise InputError(f"{name}: file not found" if not Path(name).exists() else f"{name}: not a file")
+    try:
+        with av.open(name) as container:
+            if not container.streams.video:
+                raise InputError(f"{name}: has no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            frames = int(stream.frames or 0)
+            if not frames and stream.duration and stream.time_base and rate:
+                frames = round(float(stream.duration * stream.time_base * rate))
+            width, height = stream.codec_context.width, stream.codec_context.height
+            if not width or not height:
+                raise InputError(f"{name}: the video stream has no frame size")
+            return VideoInfo(
+                frames=max(0, frames),
+                width=int(width),
+                height=int(height),
+                rate=Fraction(rate) if rate else None,
+                time_base=Fraction(stream.time_base) if stream.time_base else None,
+            )
+    except av.FFmpegError as exc:
+        raise InputError(f"{name}: not a video FFmpeg can read ({exc})") from None
+
+
+def read_frames(path: str | os.PathLike, info: VideoInfo, chunk: int) -> Iterator[tuple[torch.Tensor, list[Any]]]:
+    """Decode a video in chunks.
+
+    Yields:
+        ``(frames [B, H, W, 3] uint8 RGB, timestamps)`` with B ≤ ``chunk``; every frame is brought to the
+        first stream size; timestamps are the frames' ``pts`` in ``info.time_base`` (None when absent).
+    """
+    av = _av()
+    name = os.fspath(path)
+    decoded = 0
+    try:
+        with av.open(name) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            frames: list[np.ndarray] = []
+            stamps: list[Any] = []
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(format="rgb24", width=info.width, height=info.height))
+                stamps.append(frame.pts)
+                if len(frames) == chunk:
+                    decoded += len(frames)
+                    yield torch.from_numpy(np.stack(frames)), stamps
+                    frames, stamps = [], []
+            if frames:
+                decoded += len(frames)
+                yield torch.from_numpy(np.stack(frames)), stamps
+    except av.FFmpegError as exc:
+        raise InputError(f"{name}: decoding failed after {decoded} frames ({exc})") from None
+
+
+def _encoder(suffix: str) -> str:
+    av = _av()
+    for name in _ENCODERS[suffix]:
+        try:
+            av.codec.Codec(name, "w")
+        except Exception:
+            continue
+        return name
+    raise VideoUnavailable(f"this FFmpeg build has none of the encoders {_ENCODERS[suffix]} for {suffix} files")
+
+
+class VideoWriter:
+    """Encode frames to one video file, keeping the source's timestamps (so its frame rate)."""
+
+    def __init__(self, path: Path, container_format: str, kind: str, info: VideoInfo) -> None:
+        av = _av()
+        suffix = ".webm" if container_format == "webm" else ".mp4"
+        codec = _encoder(suffix)
+        self.kind = kind
+        self.rate = info.rate or _DEFAULT_RATE
+        self.time_base = info.time_base or 1 / self.rate
+        self.tick = max(1, round(1 / (self.rate * self.time_base)))  # one frame's duration in time_base units
+        self.last: int | None = None
+        self.container = av.open(os.fspath(path), "w", format=container_format)
+        self.stream = self.container.add_stream(codec, rate=self.rate)
+        self.stream.width, self.stream.height = info.width, info.height
+        self.stream.time_base = self.time_base
+        even = info.width % 2 == 0 and info.height % 2 == 0
+        if kind == "cutout":
+            self.stream.pix_fmt, self.source_format = "yuva420p", "rgba"
+        else:
+            formats = [f.name for f in (self.stream.codec_context.codec.video_formats or [])]
+            self.stream.pix_fmt = "yuv420p" if even or "yuv444p" not in formats else "yuv444p"
+            self.source_format = "gray" if kind == "mask" else "rgb24"
+        self.stream.options = dict(_ENCODER_OPTIONS.get(codec, {}))
+        self.closed = False
+
+    def write(self, frames: torch.Tensor, stamps: Sequence[Any]) -> None:
+        """Encode ``[B, H, W]`` (mask) / ``[B, H, W, 3|4]`` uint8 frames with their source timestamps."""
+        av = _av()
+        array = frames.cpu().numpy()
+        for values, stamp in zip(array, stamps):
+            if stamp is None or (self.last is not None and stamp <= self.last):
+                stamp = 0 if self.last is None else self.last + self.tick
+            self.last = int(stamp)
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(values), format=self.source_format)
+            frame.pts, frame.time_base = self.last, self.time_base
+            self.container.mux(self.stream.encode(frame))
+
+    def close(self) -> None:
+        """Flush the encoder and finish the file."""
+        if not self.closed:
+            self.closed = True
+            self.container.mux(self.stream.encode(None))
+            self.container.close()
+
+    def abort(self) -> None:
+        """Close without flushing (the temporary file is deleted by the caller)."""
+        if not self.closed:
+            self.closed = True
+            try:
+                self.container.close()
+            except Exception:
+                pass
+
+
+class FrameWriter:
+    """Write each frame as ``NNNNNN.png`` (frame index, from 0) into one folder."""
+
+    def __init__(self, folder: Path, kind: str, bits: int) -> None:
+        folder.mkdir(parents=True, exist_ok=False)
+        self.folder, self.kind, self.bits, self.index = folder, kind, bits, 0
+
+    def write(self, frames: torch.Tensor, stamps: Sequence[Any]) -> None:
+        from PIL import Image
+
+        array = frames.cpu().numpy()
+        if self.kind == "mask" and self.bits == 16:
+            array = array.astype(np.uint16)
+        for values in array:
+            Image.fromarray(np.ascontiguousarray(values)).save(self.folder / f"{self.index:06d}.png", format="PNG")
+            self.index += 1
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+def mask_video(
+    session: Any,
+    item: InputItem,
+    outputs: Sequence[PlannedOutput],
+    info: VideoInfo,
+    table: PromptTable,
+    job: MaskJob,
+    progress: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[list[str], int]:
+    """Mask one video into its planned outputs, streaming.
+
+    Returns:
+        ``(written paths, frame count)``.
+
+    Raises:
+        InputError: the video cannot be decoded (nothing is written).
+        Interrupted: ``should_stop()`` said so after a chunk (nothing is written).
+    """
+    count = 0
+    with ExitStack() as stack:
+        writers: list[VideoWriter | FrameWriter] = []
+        for output in outputs:
+            temporary = stack.enter_context(atomic_path(output.path))
+            if output.form == "video":
+                container_format = "webm" if output.path.suffix == ".webm" else "mp4"
+                try:
+                    writer: VideoWriter | FrameWriter = VideoWriter(temporary, container_format, output.kind, info)
+                except _av().FFmpegError as exc:
+                    raise VideoError(f"cannot start encoding {output.path}: {exc}") from None
+            else:
+                writer = FrameWriter(temporary, output.kind, job.bits)
+            stack.callback(writer.abort)  # runs before the temporary file is removed, on any error
+            writers.append(writer)
+        state: torch.Tensor | None = None
+        for frames, stamps in read_frames(item.source, info, max(1, int(job.batch_size))):
+            probs = session.predict(
+                frames, list(table.prompts), normalize=job.options.normalize, batch_size=job.batch_size
+            )
+            if job.smoothing:
+                probs, state = smooth_temporal(probs, job.smoothing, state)
+            masks = finish_targets(probs, table, job.options)  # [B, T, H, W]
+            for output, writer in zip(outputs, writers):
+                bits = job.bits if output.form == "frames" else 8
+                rendered = render(output.kind, frames, masks[:, output.target], None, bits)
+                try:
+                    writer.write(rendered, stamps)
+                except _av().FFmpegError as exc:
+                    if isinstance(exc, OSError) and exc.errno:
+                        raise
+                    raise VideoError(f"cannot encode {output.path}: {exc}") from None
+            count += len(frames)
+            if progress is not None:
+                progress(len(frames))
+            if should_stop is not None and should_stop():
+                raise Interrupted
+        if count == 0:
+            raise InputError(f"{item.source}: the video has no frames")
+        for writer in writers:
+            writer.close()
+    return [str(output.path) for output in outputs], count

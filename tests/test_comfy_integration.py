@@ -1,0 +1,351 @@
+"""End to end in a real ComfyUI: the pack loads, the example workflows run, outputs land in /history and on disk.
+
+Runs only when ``COMFYUI_DIR`` points at a ComfyUI checkout (skipped otherwise)::
+
+    COMFYUI_DIR=/path/to/ComfyUI python -m pytest tests/test_comfy_integration.py -v
+
+ComfyUI is started with ``COMFYUI_PYTHON`` (default: the Python running pytest) as
+``main.py --cpu --listen 127.0.0.1 --port <free port>`` with ``HF_HUB_OFFLINE=1`` and a temporary
+``--base-directory``: the pack is symlinked into its ``custom_nodes``, the tiny random model is placed in its
+``models/clipseg`` as a Hugging Face cache (``models--CIDAS--clipseg-rd64-refined``), and inputs, outputs and
+the database stay there too, so the checkout is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = ROOT / "examples" / "workflows"
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
+
+pytestmark = [
+    pytest.mark.comfyui,
+    pytest.mark.skipif(
+        not COMFYUI_DIR or not (Path(COMFYUI_DIR) / "main.py").is_file(),
+        reason="set COMFYUI_DIR to a ComfyUI checkout to run the ComfyUI integration test",
+    ),
+]
+
+WIDGET_TYPES = {"STRING", "INT", "FLOAT", "BOOLEAN", "COMBO"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _request(url: str, body: Any = None, timeout: float = 30) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        raw = response.read()
+    return json.loads(raw) if raw else None
+
+
+def _test_image(path: Path, height: int = 150, width: int = 200) -> np.ndarray:
+    """A smooth RGB picture saved as PNG; returns it as ComfyUI's LoadImage reads it, float32 [H, W, 3]."""
+    generator = torch.Generator().manual_seed(3)
+    coarse = torch.rand((1, 3, 5, 6), generator=generator)
+    full = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic").clamp(0, 1)
+    levels = (full[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    Image.fromarray(levels).save(path)
+    return levels.astype(np.float32) / 255.0
+
+
+def _cutout(path: Path, height: int = 90, width: int = 70) -> None:
+    """An RGBA example: a smooth picture, opaque on an ellipse (the object), transparent around it."""
+    generator = torch.Generator().manual_seed(8)
+    coarse = torch.rand((1, 3, 4, 4), generator=generator)
+    full = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic").clamp(0, 1)
+    levels = (full[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    ys, xs = np.mgrid[:height, :width]
+    alpha = ((((ys - height / 2) / (height / 3)) ** 2 + ((xs - width / 2) / (width / 3)) ** 2) <= 1) * 255
+    Image.fromarray(np.dstack([levels, alpha.astype(np.uint8)]), "RGBA").save(path)
+
+
+@pytest.fixture(scope="module")
+def comfyui(tmp_path_factory, tiny_model_dir):
+    base = tmp_path_factory.mktemp("comfyui-base")
+    (base / "custom_nodes").mkdir()
+    (base / "input").mkdir()
+    link = base / "custom_nodes" / "textmask"
+    link.symlink_to(ROOT, target_is_directory=True)
+    repo = base / "models" / "clipseg" / "models--CIDAS--clipseg-rd64-refined"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / "0123456789abcdef")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123456789abcdef")
+    image = _test_image(base / "input" / "example.png")
+    _cutout(base / "input" / "example-cutout.png")
+
+    port = _free_port()
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the pack must find its own src/
+    env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    log_path = base / "comfyui.log"
+    command = [
+        python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
+        "--base-directory", str(base), "--database-url", f"sqlite:///{base / 'comfyui.db'}",
+    ]  # fmt: skip
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=COMFYUI_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"ComfyUI exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                if _request(f"{url}/object_info/SaltCLIPSegMasking", timeout=5):
+                    break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"ComfyUI did not come up with the textmask nodes:\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.5)
+        yield SimpleNamespace(url=url, base=base, log=log_path, image=image, python=python)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        link.unlink()
+
+
+def _run(comfyui: SimpleNamespace, prompt: dict[str, Any], timeout: float = 240) -> dict[str, Any]:
+    """POST a prompt and wait for its /history entry."""
+    graph = {key: {k: v for k, v in node.items() if k != "_meta"} for key, node in prompt.items()}
+    answer = _request(f"{comfyui.url}/prompt", {"prompt": graph, "client_id": "textmask-test"})
+    assert answer["node_errors"] == {}, answer
+    prompt_id = answer["prompt_id"]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        history = _request(f"{comfyui.url}/history/{prompt_id}")
+        if history and prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
+            entry = history[prompt_id]
+            if entry["status"]["status_str"] in ("success", "error"):
+                return entry
+        time.sleep(0.3)
+    pytest.fail(f"prompt {prompt_id} did not finish:\n{comfyui.log.read_text()[-4000:]}")
+
+
+def _saved(comfyui: SimpleNamespace, entry: dict[str, Any], node: str) -> np.ndarray:
+    (image,) = entry["outputs"][node]["images"]
+    assert image["type"] == "output"
+    path = comfyui.base / "output" / image["subfolder"] / image["filename"]
+    assert path.is_file(), path
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _expected_seed_mask(comfyui: SimpleNamespace, model_dir: Path, text: str) -> np.ndarray:
+    """The seed node's algorithm (tests/seed_reference.py) run in ComfyUI's own Python on the input image:
+    ``[H, W]`` in [0, 1]."""
+    out = comfyui.base / f"expected-{len(text)}-{abs(hash(text))}.npy"
+    script = Path(__file__).with_name("seed_reference.py")
+    subprocess.run(
+        [comfyui.python, str(script), str(model_dir), str(comfyui.base / "input" / "example.png"), text, str(out)],
+        check=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        timeout=120,
+    )
+    return np.load(out)
+
+
+def _levels_apart(saved: np.ndarray, expected: np.ndarray) -> int:
+    return int(np.abs(saved[..., 0].astype(np.int16) - np.round(expected * 255).astype(np.int16)).max())
+
+
+def test_the_pack_registers_its_nodes(comfyui):
+    from textmask.comfy import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+    assert "IMPORT FAILED" not in comfyui.log.read_text()
+    for name, cls in NODE_CLASS_MAPPINGS.items():
+        info = _request(f"{comfyui.url}/object_info/{name}")[name]
+        assert info["display_name"] == NODE_DISPLAY_NAME_MAPPINGS[name]
+        assert info["category"] == cls.CATEGORY
+        assert tuple(info["output"]) == cls.RETURN_TYPES and tuple(info["output_name"]) == cls.RETURN_NAMES
+        declared = cls.INPUT_TYPES()
+        for section in ("required", "optional"):
+            assert info["input_order"].get(section, []) == list(declared.get(section, {})), (name, section)
+    loader = _request(f"{comfyui.url}/object_info/TextmaskCLIPSegLoader")["TextmaskCLIPSegLoader"]
+    assert loader["input"]["required"]["model"][0] == ["CIDAS/clipseg-rd64-refined"]  # found in models/clipseg
+
+
+def test_seed_workflow_runs_and_saves_the_seed_mask(comfyui, tiny_model_dir):
+    prompt = json.loads((WORKFLOWS / "salt_clipseg_masking_api.json").read_text())
+    prompt["3"]["inputs"]["text"] = "a cat"
+    entry = _run(comfyui, prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    saved = _saved(comfyui, entry, "4")
+    assert saved.shape == comfyui.image.shape  # resized to the input's size
+    expected = _expected_seed_mask(comfyui, tiny_model_dir, "a cat")
+    assert _levels_apart(saved, expected) <= 1  # within 1/255 of the seed algorithm in the same environment
+    assert (saved[..., 0] == saved[..., 2]).all() and saved.std() > 5
+
+
+def test_default_model_and_free_memory_then_run_again(comfyui, tiny_model_dir):
+    """No clipseg_model: the default model from models/clipseg; after POST /free ComfyUI reloads it."""
+    prompt = json.loads((WORKFLOWS / "salt_clipseg_masking_api.json").read_text())
+    del prompt["2"]
+    prompt["3"]["inputs"] = {"images": ["1", 0], "text": "a dog"}
+    first = _run(comfyui, prompt)
+    assert first["status"]["status_str"] == "success", first["status"]
+    _request(f"{comfyui.url}/free", {"unload_models": True, "free_memory": True})
+    prompt["3"]["inputs"]["text"] = "a bird"
+    second = _run(comfyui, prompt)
+    assert second["status"]["status_str"] == "success", second["status"]
+    expected = _expected_seed_mask(comfyui, tiny_model_dir, "a bird")
+    assert _levels_apart(_saved(comfyui, second, "4"), expected) <= 1
+
+
+def test_advanced_workflow_runs(comfyui):
+    prompt = json.loads((WORKFLOWS / "textmask_clipseg_masking_api.json").read_text())
+    entry = _run(comfyui, prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    mask = _saved(comfyui, entry, "4")
+    heatmap = _saved(comfyui, entry, "5")
+    assert mask.shape == heatmap.shape == comfyui.image.shape
+    assert (mask[..., 0] == mask[..., 1]).all() and not (heatmap[..., 0] == heatmap[..., 2]).all()
+
+
+def test_example_workflows_run(comfyui):
+    """Masking by example (a cut-out, its Load Image MASK inverted), and text blended with the example."""
+    prompt = json.loads((WORKFLOWS / "textmask_example_masking_api.json").read_text())
+    prompt["6"] = {
+        "class_type": "TextmaskCLIPSegMasking",
+        "inputs": {
+            "images": ["1", 0], "prompts": "a person", "negative_prompts": "", "combine": "union",
+            "normalize": "minmax", "threshold": 0.0, "blur": 0.0, "grow": 0, "invert": False, "batch_size": 8,
+            "example": ["2", 0], "example_mask": ["2", 1], "invert_example_mask": True, "example_mode": "blend",
+            "example_weight": 2.0,
+        },
+    }  # fmt: skip
+    prompt["7"] = {"class_type": "SaveImage", "inputs": {"images": ["6", 1], "filename_prefix": "textmask/blend"}}
+    entry = _run(comfyui, prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    by_example, blended = _saved(comfyui, entry, "4"), _saved(comfyui, entry, "7")
+    assert by_example.shape == blended.shape == comfyui.image.shape
+    assert (by_example[..., 0] == by_example[..., 2]).all() and by_example.std() > 5
+    assert np.abs(by_example.astype(int) - blended).max() > 2  # the text changed the prompt
+    heatmap = _saved(comfyui, entry, "5")
+    assert not (heatmap[..., 0] == heatmap[..., 2]).all()
+
+    prompt["3"]["inputs"]["invert_example_mask"] = False  # the cut-out's outside as the object: runs too
+    prompt["3"]["inputs"]["example_crop"] = False
+    assert _run(comfyui, prompt)["status"]["status_str"] == "success"
+    prompt["3"]["inputs"]["example"] = ["1", 0]  # an RGB image's MASK is an empty 64×64: a clear error
+    prompt["3"]["inputs"]["example_mask"] = ["1", 1]
+    failed = _run(comfyui, prompt)
+    assert failed["status"]["status_str"] == "error"
+    errors = [m[1] for m in failed["status"]["messages"] if m[0] == "execution_error"]
+    assert errors and errors[0]["node_type"] == "TextmaskCLIPSegExampleMasking"
+    assert "Load Image outputs for an image without transparency" in errors[0]["exception_message"]
+
+
+def test_a_missing_model_fails_the_node_with_a_clear_message(comfyui):
+    prompt = json.loads((WORKFLOWS / "salt_clipseg_masking_api.json").read_text())
+    prompt["2"]["inputs"]["model"] = "nobody/no-such-clipseg"
+    entry = _run(comfyui, prompt)
+    assert entry["status"]["status_str"] == "error"
+    errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert errors and errors[0]["node_type"] == "SaltCLIPSegLoader"
+    assert "nobody/no-such-clipseg" in errors[0]["exception_message"]
+    assert "models/clipseg" in errors[0]["exception_message"]
+
+
+def test_cancel_stops_the_node_between_chunks(comfyui):
+    """POST /interrupt while a long batch runs: ComfyUI stops our node (the progress hook raises)."""
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+        "2": {
+            "class_type": "ImageScale",
+            "inputs": {"image": ["1", 0], "upscale_method": "bilinear", "width": 64, "height": 64, "crop": "disabled"},
+        },
+        "3": {"class_type": "RepeatImageBatch", "inputs": {"image": ["2", 0], "amount": 4096}},
+        "4": {
+            "class_type": "TextmaskCLIPSegMasking",
+            "inputs": {
+                "images": ["3", 0], "prompts": "a long run", "negative_prompts": "", "combine": "union",
+                "normalize": "minmax", "threshold": 0.0, "blur": 0.0, "grow": 0, "invert": False, "batch_size": 1,
+            },
+        },
+        "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 1], "filename_prefix": "textmask/long"}},
+    }  # fmt: skip
+    answer = _request(f"{comfyui.url}/prompt", {"prompt": prompt, "client_id": "textmask-test"})
+    prompt_id = answer["prompt_id"]
+    deadline = time.monotonic() + 60
+    while not _request(f"{comfyui.url}/queue")["queue_running"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.5)
+    _request(f"{comfyui.url}/interrupt", {})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        history = _request(f"{comfyui.url}/history/{prompt_id}")
+        if history and prompt_id in history:
+            break
+        time.sleep(0.2)
+    status = history[prompt_id]["status"]
+    interrupted = [m[1] for m in status["messages"] if m[0] == "execution_interrupted"]
+    assert status["status_str"] == "error" and interrupted, status
+    assert interrupted[0]["node_type"] == "TextmaskCLIPSegMasking"
+
+
+def _ui_to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str, Any]:
+    """What ComfyUI's frontend queues for a saved UI workflow (links + widget values), for plain nodes."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt: dict[str, Any] = {}
+    for node in workflow["nodes"]:
+        info = object_info[node["type"]]
+        inputs: dict[str, Any] = {}
+        for slot in node.get("inputs", []):
+            if slot.get("link") is not None:
+                link = links[slot["link"]]
+                inputs[slot["name"]] = [str(link[1]), link[2]]
+        values = list(node.get("widgets_values", []))
+        for section in ("required", "optional"):
+            for name in info["input_order"].get(section, []):
+                spec = info["input"][section][name]
+                kind = "COMBO" if isinstance(spec[0], list) else spec[0]
+                if kind not in WIDGET_TYPES or name in inputs:
+                    continue
+                inputs[name] = values.pop(0)
+                options = spec[1] if len(spec) > 1 else {}
+                if options.get("image_upload") or options.get("control_after_generate"):
+                    values.pop(0)  # the upload button / "control after generate" value
+        assert values == [], (node["type"], values)
+        prompt[str(node["id"])] = {"inputs": inputs, "class_type": node["type"]}
+    return prompt
+
+
+@pytest.mark.parametrize("name", ["salt_clipseg_masking", "textmask_clipseg_masking"])
+def test_ui_workflows_match_their_api_versions(comfyui, name):
+    ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    api = json.loads((WORKFLOWS / f"{name}_api.json").read_text())
+    object_info = _request(f"{comfyui.url}/object_info")
+    converted = _ui_to_api(ui, object_info)
+    assert converted == {key: {k: v for k, v in node.items() if k != "_meta"} for key, node in api.items()}
+    for link in ui["links"]:  # link types match the declared output/input types
+        origin = next(n for n in ui["nodes"] if n["id"] == link[1])
+        assert origin["outputs"][link[2]]["type"] == link[5]
+        target = next(n for n in ui["nodes"] if n["id"] == link[3])
+        assert target["inputs"][link[4]]["type"] == link[5] and target["inputs"][link[4]]["link"] == link[0]
