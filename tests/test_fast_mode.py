@@ -21,7 +21,6 @@ import textmask
 from textmask.engine import _call_layer, _decoder_layer, _encoder_layer
 from textmask.fast import FastVisionLayer
 from textmask.model import fast_precision, int8_available, resolve_dtype
-from textmask.resize import pil_resize, resize_planes
 
 PROMPTS = ["a cat", "a dog", "the sky"]
 
@@ -148,31 +147,6 @@ def test_features_and_logits_equal_transformers_at_batch_1(tiny_session, referen
             assert torch.equal(ours, reduce(hidden[index + 1]))
         logits = tiny_session.decode(features, tiny_session.encode_prompts(["a red car"]))
     assert torch.equal(logits[0, 0], out.logits[0])
-
-
-@pytest.mark.parametrize("resample", ["bilinear", "bicubic"])
-def test_resize_planes_matches_pillow(resample) -> None:
-    rng = np.random.default_rng(3)
-    arrays = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(512, 384), (7, 5), (900, 1600), (1, 1)]]
-    levels = [torch.from_numpy(a).permute(2, 0, 1) for a in arrays]
-    filters = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
-    for array, image in zip(arrays, levels):
-        got = resize_planes([image], (352, 352), resample)[0]
-        expected = np.asarray(Image.fromarray(array).resize((352, 352), filters[resample]))
-        np.testing.assert_array_equal(got.permute(1, 2, 0).numpy(), expected)
-        assert torch.equal(got, pil_resize(image, (352, 352), resample))
-    batch = resize_planes(levels, (40, 30), resample)  # several images at once, on the thread pool
-    assert batch.shape == (4, 3, 40, 30)
-    for image, got in zip(levels, batch):
-        assert torch.equal(got, pil_resize(image, (40, 30), resample))
-
-
-def test_resize_planes_errors() -> None:
-    image = torch.zeros(3, 10, 10, dtype=torch.uint8)
-    with pytest.raises(ValueError, match="positive"):
-        resize_planes([image], (0, 4))
-    with pytest.raises(ValueError, match="resample"):
-        resize_planes([image], (4, 4), "lanczos")
 
 
 def test_preprocess_mixed_sizes_matches_processor(tiny_session, reference) -> None:

@@ -38,7 +38,7 @@ from .prompts import (
     leaves,
     plan,
 )
-from .resize import pil_resize, resize_planes
+from .resize import pil_resize
 
 log = logging.getLogger("textmask")
 
@@ -230,12 +230,6 @@ class Segmenter:
         by_size: dict[tuple[int, int], list[int]] = {}
         for index, image in enumerate(levels):
             by_size.setdefault(tuple(image.shape[-2:]), []).append(index)
-        if self.device.type == "cpu" and config.do_resize and all(image.device.type == "cpu" for image in levels):
-            # Pillow itself, plane by plane on a few threads: exact by definition and the fastest on a CPU.
-            to_resize = [i for i, image in enumerate(levels) if tuple(image.shape[-2:]) != (height, width)]
-            if to_resize:
-                resized[to_resize] = resize_planes([levels[i] for i in to_resize], (height, width), config.resample)
-            by_size = {(height, width): by_size[(height, width)]} if (height, width) in by_size else {}
         for size, indices in by_size.items():
             group = torch.stack([levels[i] for i in indices]).to(self.device, non_blocking=True)
             if config.do_resize and config.backend == "torchvision":
