@@ -388,14 +388,16 @@ class Segmenter:
                     f"prompt {text[:40]!r}... has {length} tokens; CLIP reads at most {limit}, the rest is ignored",
                     stacklevel=4,
                 )
-        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=limit, return_tensors="pt")
-        embeddings = self.model.get_conditional_embeddings(
-            batch_size=len(texts),
-            input_ids=tokens["input_ids"].to(self.device),
-            attention_mask=tokens["attention_mask"].to(self.device),
-        )
-        for text, embedding in zip(texts, embeddings):
-            self._prompt_cache[text] = embedding
+        # One text per forward: in a padded batch the embedding's last bits depend on the other texts (matmul
+        # shapes), and then a mask would depend on what was asked before. The text tower is cheap; once per text.
+        for text in texts:
+            tokens = self.tokenizer([text], truncation=True, max_length=limit, return_tensors="pt")
+            embedding = self.model.get_conditional_embeddings(
+                batch_size=1,
+                input_ids=tokens["input_ids"].to(self.device),
+                attention_mask=tokens["attention_mask"].to(self.device),
+            )
+            self._prompt_cache[text] = embedding[0]
         while len(self._prompt_cache) > _PROMPT_CACHE_SIZE:
             self._prompt_cache.popitem(last=False)
 
@@ -434,7 +436,11 @@ class Segmenter:
         output = output[:, 1:, :].transpose(1, 2)
         side = round(output.shape[2] ** 0.5)
         output = output.reshape(output.shape[0], output.shape[1], side, side)
-        logits = decoder.transposed_convolution(output).squeeze(1)
+        # One (image, prompt) pair at a time: batched transposed convolutions give results whose last bits depend
+        # on the batch size, and a mask must not depend on which images shared its chunk (the CLI, the Ray actors
+        # and resumed runs batch differently). These layers are a few percent of the decoder's small cost.
+        upsample = decoder.transposed_convolution
+        logits = torch.cat([upsample(output[pair : pair + 1]) for pair in range(output.shape[0])]).squeeze(1)
         return logits.reshape(batch, prompts, *logits.shape[-2:]).float()
 
     # ---------------------------------------------------------------------------------- upsampling
@@ -625,30 +631,36 @@ class Segmenter:
                 reduced=tuple(r[indices] for r in features.reduced), sizes=[sizes[i] for i in indices]
             )
             step = self._prompts_per_pass(len(indices), size[0] * size[1], embeddings.shape[0])
-            maps: list[torch.Tensor] = []
-            positive: torch.Tensor | None = None
-            negative: torch.Tensor | None = None
+            maps: list[list[torch.Tensor]] = [[] for _ in indices]
+            positive: list[torch.Tensor | None] = [None] * len(indices)
+            negative: list[torch.Tensor | None] = [None] * len(indices)
             for first in range(0, embeddings.shape[0], step):
-                logits = self.decode(group_features, embeddings[first : first + step])
-                probs = self.probabilities(logits, size, options.normalize)  # [k, g, H, W]
+                logits = self.decode(group_features, embeddings[first : first + step])  # [k, g, S, S]
+                split = max(0, min(positive_count - first, logits.shape[1]))
+                # Image by image from here on (each step still batched over prompts and pixels): elementwise
+                # kernels treat a tensor's vector tail differently from its body, so a batched upsampling would
+                # make a mask's last bits depend on which images shared its chunk.
+                for k in range(len(indices)):
+                    probs = self.probabilities(logits[k : k + 1], size, options.normalize)[0]  # [g, H, W]
+                    if not finish:
+                        maps[k].append(probs)
+                        continue
+                    if split > 0:
+                        part = combine(probs[:split], options.combine, dim=0)
+                        known = positive[k]
+                        positive[k] = part if known is None else combine(torch.stack([known, part]), options.combine, 0)
+                    if split < probs.shape[0]:
+                        part = probs[split:].amax(dim=0)
+                        known = negative[k]
+                        negative[k] = part if known is None else torch.maximum(known, part)
                 del logits
+            for k, i in enumerate(indices):
                 if not finish:
-                    maps.append(probs)
+                    out[i] = torch.cat(maps[k])
                     continue
-                split = max(0, min(positive_count - first, probs.shape[1]))
-                if split > 0:
-                    part = combine(probs[:, :split], options.combine, dim=1)
-                    positive = part if positive is None else combine(torch.stack([positive, part], 1), options.combine)
-                if split < probs.shape[1]:
-                    part = probs[:, split:].amax(dim=1)
-                    negative = part if negative is None else torch.maximum(negative, part)
-            if finish:
-                assert positive is not None
-                values = finish_masks(positive[:, None], None if negative is None else negative[:, None], options)
-            else:
-                values = torch.cat(maps, dim=1)
-            for i, value in zip(indices, values):
-                out[i] = value
+                kept, removed = positive[k], negative[k]
+                assert kept is not None
+                out[i] = finish_masks(kept[None, None], None if removed is None else removed[None, None], options)[0]
         return out  # type: ignore[return-value]
 
 
