@@ -68,14 +68,6 @@ GOOD = ["grey.png", "rotated.jpg", "top.png", "sub/alpha.png", "sub/deep16.png",
 PROMPTS = ["a cat", "the sky"]
 
 
-@pytest.fixture(autouse=True)
-def fresh_prompt_cache(tiny_session):
-    """Empty the shared session's prompt cache, as a fresh actor's is. A prompt's embedding differs in the last
-    bits with the batch it was first encoded in (test_engine.py encodes "a cat" with other prompts), so the
-    in-process reference must encode the run's prompts afresh, as the actors do, to be bit-identical."""
-    tiny_session._prompt_cache.clear()
-
-
 def engine_masks(session, path: Path, options: MaskOptions, negative=("grass",)) -> torch.Tensor:
     """The single-process reference: ``[T, H, W]`` for one file, read and masked alone."""
     table = PromptTable.build(make_targets(PROMPTS), negative)

@@ -51,8 +51,6 @@ _PROMPT_CACHE_SIZE = 4096
 # Per decoder pass: at most this many (image, prompt) pairs, and this many full-size map values (~256 MB).
 _MAX_PAIRS_PER_PASS = 64
 _MAX_MAP_VALUES_PER_PASS = 64 * 1024 * 1024
-# Text prompts per pass through the text tower: bounds its memory however many prompts a call has.
-_TEXTS_PER_PASS = 64
 _TorchOutOfMemory: type[BaseException] = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
 # Allocation failures that are not torch.OutOfMemoryError: the CPU allocator and MPS raise RuntimeError.
 _OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate")
@@ -97,6 +95,76 @@ def _call_layer(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
+def _call_module(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    return layer(hidden)
+
+
+def _quick_gelu_(values: torch.Tensor) -> torch.Tensor:
+    """``x * sigmoid(1.702 x)`` (CLIP's activation) in place: the same elementwise ops as transformers'
+    ``QuickGELUActivation``, so the same bits, with one large temporary instead of two."""
+    gate = values.mul(1.702)
+    gate.sigmoid_()
+    return values.mul_(gate)
+
+
+def _encoder_layer(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """One CLIP vision encoder layer, unmasked: the ops of transformers' SDPA forward in the same order.
+
+    The result is bit-identical to ``layer(hidden)`` (float addition and multiplication commute exactly),
+    but residual sums and the activation are computed in place: on a CPU, every fresh tensor of tens of
+    megabytes costs page faults (about 5% of the vision tower's time here). Linear layers are called
+    as modules, so quantized replacements work unchanged.
+
+    Args:
+        hidden: ``[B, T, D]``.
+    """
+    hidden = _attention(layer.self_attn, layer.layer_norm1(hidden)).add_(hidden)
+    mlp = layer.mlp
+    inner = mlp.fc1(layer.layer_norm2(hidden))
+    activation = mlp.activation_fn
+    inner = _quick_gelu_(inner) if type(activation).__name__ == "QuickGELUActivation" else activation(inner)
+    return mlp.fc2(inner).add_(hidden)
+
+
+def _attention(attention: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """transformers' ``CLIPSegAttention`` with SDPA and no mask, op for op: ``[B, T, D]`` → ``[B, T, D]``."""
+    batch, tokens, _ = hidden.shape
+    shape = (batch, tokens, attention.num_heads, attention.head_dim)
+    query = attention.q_proj(hidden).view(shape).transpose(1, 2)
+    key = attention.k_proj(hidden).view(shape).transpose(1, 2)
+    value = attention.v_proj(hidden).view(shape).transpose(1, 2)
+    attended = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, scale=attention.scale)
+    del query, key, value
+    return attention.out_proj(attended.transpose(1, 2).reshape(batch, tokens, -1).contiguous())
+
+
+def _decoder_layer(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """One CLIPSeg decoder layer (post-norm), bit-identical to ``layer(hidden)``, residuals in place."""
+    hidden = layer.layer_norm1(_attention(layer.self_attn, hidden).add_(hidden))
+    mlp = layer.mlp
+    inner = mlp.fc1(hidden)
+    inner = torch.relu_(inner) if isinstance(mlp.activation_fn, torch.nn.ReLU) else mlp.activation_fn(inner)
+    return layer.layer_norm2(mlp.fc2(inner).add_(hidden))
+
+
+def _layers_match_sdpa(model: torch.nn.Module) -> bool:
+    """Whether :func:`_encoder_layer` reproduces this model's vision layers (transformers' SDPA attention)."""
+    vision = model.clip.vision_model
+    implementation = getattr(vision.config, "_attn_implementation", None) or getattr(
+        model.config, "_attn_implementation", None
+    )
+    decoder_attention = model.decoder.layers[0].self_attn
+    decoder_implementation = getattr(getattr(decoder_attention, "config", None), "_attn_implementation", None)
+    if implementation != "sdpa" or decoder_implementation != "sdpa" or vision.encoder.layers[0].training:
+        return False
+    layer = vision.encoder.layers[0]
+    attention = getattr(layer, "self_attn", None)
+    names = ("num_heads", "head_dim", "scale", "q_proj", "k_proj", "v_proj", "out_proj")
+    return all(hasattr(attention, name) for name in names) and all(
+        hasattr(layer, name) for name in ("layer_norm1", "layer_norm2", "mlp")
+    )
+
+
 @dataclass
 class ImageFeatures:
     """What the decoder needs from a batch of images, computed once by :meth:`Segmenter.encode_images`.
@@ -135,6 +203,15 @@ class Segmenter:
         self.max_prompt_tokens: int = int(config.text_config.max_position_embeddings)
         vision = self.model.clip.vision_model
         self._vision_layers = list(vision.encoder.layers[: max(self.extract_layers) + 1])
+        exact_sdpa = _layers_match_sdpa(self.model)
+        self._run_layer = _encoder_layer if exact_sdpa else _call_layer
+        self._run_decoder_layer = _decoder_layer if exact_sdpa else _call_layer
+        if getattr(loaded, "fast", False):  # rearranged (and maybe int8) copies; the model stays as it is
+            from .fast import fast_vision_layers
+
+            self._vision_layers = fast_vision_layers(self._vision_layers, self.dtype, self.device, loaded.quantize)
+            self._run_layer = _call_module
+        self._position_cache: dict[tuple[int, int], torch.Tensor] = {}
         self._pixel_table = self._level_to_pixel_table().to(self.device)
         self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._example_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -142,7 +219,8 @@ class Segmenter:
         self._example_fill = self._pixel_table.abs().argmin(dim=1).to(torch.uint8).cpu()
 
     def __repr__(self) -> str:
-        return f"Segmenter(source={self.loaded.source!r}, device={self.device}, dtype={self.dtype})"
+        fast = f", fast ({self.loaded.quantize or self.dtype})" if getattr(self.loaded, "fast", False) else ""
+        return f"Segmenter(source={self.loaded.source!r}, device={self.device}, dtype={self.dtype}{fast})"
 
     # ------------------------------------------------------------------------------ preprocessing
     def _level_to_pixel_table(self) -> torch.Tensor:
@@ -203,17 +281,33 @@ class Segmenter:
             sizes: each image's original ``(height, width)``.
         """
         vision = self.model.clip.vision_model
-        hidden = vision.embeddings(pixel_values, interpolate_pos_encoding=True)
-        hidden = vision.pre_layrnorm(hidden)
+        hidden = vision.pre_layrnorm(self._embed(pixel_values))
         activations: dict[int, torch.Tensor] = {}
         for index, layer in enumerate(self._vision_layers):
-            hidden = _call_layer(layer, hidden)
+            hidden = self._run_layer(layer, hidden)
             if index in self.extract_layers:
                 activations[index] = hidden
         decoder = self.model.decoder
         ordered = [activations[i] for i in self.extract_layers][::-1]
         reduced = tuple(reduce(activation) for reduce, activation in zip(decoder.reduces, ordered))
         return ImageFeatures(reduced=reduced, sizes=list(sizes))
+
+    def _embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, S, S]`` → patch + class embeddings with position embeddings ``[B, T, D]``.
+
+        The same ops as ``CLIPSegVisionEmbeddings.forward(..., interpolate_pos_encoding=True)``, except
+        that the interpolated position table (bicubic, per input size) is computed once and kept.
+        """
+        embeddings = self.model.clip.vision_model.embeddings
+        batch, _, height, width = pixel_values.shape
+        patches = embeddings.patch_embedding(pixel_values.to(dtype=embeddings.patch_embedding.weight.dtype))
+        patches = patches.flatten(2).transpose(1, 2)
+        hidden = torch.cat([embeddings.class_embedding.expand(batch, 1, -1), patches], dim=1)
+        positions = self._position_cache.get((height, width))
+        if positions is None:
+            positions = embeddings.interpolate_pos_encoding(hidden, height, width)
+            self._position_cache[(height, width)] = positions
+        return hidden + positions
 
     def encode_images(self, images: Any, batch_size: int | None = None) -> ImageFeatures:
         """Encode images once, for any number of later :meth:`decode` calls.
@@ -312,7 +406,7 @@ class Segmenter:
                 self._example_cache[example.key] = embedding[0]
 
     def _encode_texts(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """Run the text tower on ``texts`` (unique), ``_TEXTS_PER_PASS`` at a time; cache and return them.
+        """Run the text tower on ``texts`` (unique), one text per pass; cache and return them.
 
         The caller trims the cache afterwards, so a call with more unique texts than the cache holds still
         gets every embedding.
@@ -331,17 +425,17 @@ class Segmenter:
                     f"prompt {text[:40]!r}... has {length} tokens; CLIP reads at most {limit}, the rest is ignored",
                     stacklevel=4,
                 )
+        # One text per forward: in a padded batch the embedding's last bits depend on the other texts (matmul
+        # shapes), and then a mask would depend on what was asked before. The text tower is cheap; once per text.
         encoded: dict[str, torch.Tensor] = {}
-        for start in range(0, len(texts), _TEXTS_PER_PASS):
-            group = texts[start : start + _TEXTS_PER_PASS]
-            tokens = self.tokenizer(group, padding=True, truncation=True, max_length=limit, return_tensors="pt")
-            embeddings = self.model.get_conditional_embeddings(
-                batch_size=len(group),
+        for text in texts:
+            tokens = self.tokenizer([text], truncation=True, max_length=limit, return_tensors="pt")
+            embedding = self.model.get_conditional_embeddings(
+                batch_size=1,
                 input_ids=tokens["input_ids"].to(self.device),
                 attention_mask=tokens["attention_mask"].to(self.device),
             )
-            for text, embedding in zip(group, embeddings):
-                self._prompt_cache[text] = encoded[text] = embedding
+            self._prompt_cache[text] = encoded[text] = embedding[0]
         return encoded
 
     # ------------------------------------------------------------------------------------- decoder
@@ -372,14 +466,18 @@ class Segmenter:
                 output = output[:, None] * film_mul + film_add  # [B, P, T, R]
                 output = output.reshape(batch * prompts, tokens, width)
                 expanded = True
-            output = _call_layer(layer, output)
+            output = self._run_decoder_layer(layer, output)
         assert output is not None
         if not expanded:  # conditional layer beyond the decoder depth: never conditioned (matches HF)
             output = output.repeat_interleave(prompts, dim=0)
         output = output[:, 1:, :].transpose(1, 2)
         side = round(output.shape[2] ** 0.5)
         output = output.reshape(output.shape[0], output.shape[1], side, side)
-        logits = decoder.transposed_convolution(output).squeeze(1)
+        # One (image, prompt) pair at a time: batched transposed convolutions give results whose last bits depend
+        # on the batch size, and a mask must not depend on which images shared its chunk (the CLI, the Ray actors
+        # and resumed runs batch differently). These layers are a few percent of the decoder's small cost.
+        upsample = decoder.transposed_convolution
+        logits = torch.cat([upsample(output[pair : pair + 1]) for pair in range(output.shape[0])]).squeeze(1)
         return logits.reshape(batch, prompts, *logits.shape[-2:]).float()
 
     # ---------------------------------------------------------------------------------- upsampling
@@ -591,30 +689,36 @@ class Segmenter:
                 reduced=tuple(r[indices] for r in features.reduced), sizes=[sizes[i] for i in indices]
             )
             step = self._prompts_per_pass(len(indices), size[0] * size[1], embeddings.shape[0])
-            maps: list[torch.Tensor] = []
-            positive: torch.Tensor | None = None
-            negative: torch.Tensor | None = None
+            maps: list[list[torch.Tensor]] = [[] for _ in indices]
+            positive: list[torch.Tensor | None] = [None] * len(indices)
+            negative: list[torch.Tensor | None] = [None] * len(indices)
             for first in range(0, embeddings.shape[0], step):
-                logits = self.decode(group_features, embeddings[first : first + step])
-                probs = self.probabilities(logits, size, options.normalize)  # [k, g, H, W]
+                logits = self.decode(group_features, embeddings[first : first + step])  # [k, g, S, S]
+                split = max(0, min(positive_count - first, logits.shape[1]))
+                # Image by image from here on (each step still batched over prompts and pixels): elementwise
+                # kernels treat a tensor's vector tail differently from its body, so a batched upsampling would
+                # make a mask's last bits depend on which images shared its chunk.
+                for k in range(len(indices)):
+                    probs = self.probabilities(logits[k : k + 1], size, options.normalize)[0]  # [g, H, W]
+                    if not finish:
+                        maps[k].append(probs)
+                        continue
+                    if split > 0:
+                        part = combine(probs[:split], options.combine, dim=0)
+                        known = positive[k]
+                        positive[k] = part if known is None else combine(torch.stack([known, part]), options.combine, 0)
+                    if split < probs.shape[0]:
+                        part = probs[split:].amax(dim=0)
+                        known = negative[k]
+                        negative[k] = part if known is None else torch.maximum(known, part)
                 del logits
+            for k, i in enumerate(indices):
                 if not finish:
-                    maps.append(probs)
+                    out[i] = torch.cat(maps[k])
                     continue
-                split = max(0, min(positive_count - first, probs.shape[1]))
-                if split > 0:
-                    part = combine(probs[:, :split], options.combine, dim=1)
-                    positive = part if positive is None else combine(torch.stack([positive, part], 1), options.combine)
-                if split < probs.shape[1]:
-                    part = probs[:, split:].amax(dim=1)
-                    negative = part if negative is None else torch.maximum(negative, part)
-            if finish:
-                assert positive is not None
-                values = finish_masks(positive[:, None], None if negative is None else negative[:, None], options)
-            else:
-                values = torch.cat(maps, dim=1)
-            for i, value in zip(indices, values):
-                out[i] = value
+                kept, removed = positive[k], negative[k]
+                assert kept is not None
+                out[i] = finish_masks(kept[None, None], None if removed is None else removed[None, None], options)[0]
         return out  # type: ignore[return-value]
 
 
