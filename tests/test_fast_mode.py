@@ -119,6 +119,8 @@ def test_int8_layer_is_quantized_and_close(tiny_session) -> None:
 
 
 def test_inplace_layers_are_bit_identical(tiny_session) -> None:
+    if tiny_session._run_layer is not _encoder_layer:
+        pytest.skip("this transformers runs CLIPSeg with eager attention; the engine uses transformers' own layers")
     torch.manual_seed(1)
     with torch.inference_mode():
         hidden = torch.randn(3, 485, tiny_session.model.config.vision_config.hidden_size)

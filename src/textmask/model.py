@@ -253,8 +253,8 @@ def build_random_model(kind: str, folder: str | Path, seed: int = 0) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        torch.manual_seed(seed)
         model = CLIPSegForImageSegmentation(random_config(kind)).eval()
+        _fill_random_weights(model, seed)
         _calibrate_logit_scale(model)
         model.save_pretrained(staging, safe_serialization=True)
         write_clip_tokenizer_files(staging)
@@ -285,6 +285,30 @@ def build_random_model(kind: str, folder: str | Path, seed: int = 0) -> Path:
     return folder
 
 
+def _fill_random_weights(model: Any, seed: int) -> None:
+    """Overwrite every parameter from one seeded generator, in name order.
+
+    transformers' own initialization differs between versions, so a model built by it would differ too; this
+    makes ``random-tiny``/``random-full`` the same weights on every transformers version (4.x and 5.x name
+    and shape CLIPSeg's parameters alike): norms 1/0, biases 0, embeddings N(0, 0.02), other weights
+    N(0, 1/fan_in).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in sorted(model.named_parameters()):
+            if name.endswith("logit_scale"):  # unused by segmentation: keep the config's value
+                continue
+            if "norm" in name:
+                parameter.fill_(1.0 if name.endswith("weight") else 0.0)
+            elif name.endswith("bias"):
+                parameter.zero_()
+            elif "embedding" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+            else:
+                fan_in = parameter[0].numel()
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) / fan_in**0.5)
+
+
 def _calibrate_logit_scale(model: Any, target_std: float = 3.0) -> None:
     """Scale a random model's last decoder layer so its logits spread like a trained model's (std ≈ 3).
 
@@ -307,7 +331,7 @@ def _calibrate_logit_scale(model: Any, target_std: float = 3.0) -> None:
 
 def _random_model_folder(source: str) -> Path:
     kind = source.split("-", 1)[1]
-    folder = cache_root() / f"{source}-v2"
+    folder = cache_root() / f"{source}-v3"
     if not (folder / "config.json").is_file():
         log.info("building the %s model in %s (random weights: masks are meaningless)", source, folder)
         build_random_model(kind, folder)
