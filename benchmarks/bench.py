@@ -143,9 +143,9 @@ def gemm_peaks(device: torch.device, quick: bool) -> dict[str, float]:
         peaks[name] = 2 * m * k * n / best / 1e9
     if device.type == "cpu":
         try:  # int8 dynamic quantized linear (VNNI), the fast mode's kernel, for reference
-            from textmask.fast import _quantize_linear
+            from textmask.fast import Int8DynamicLinear
 
-            layer = _quantize_linear(torch.nn.Linear(k, n))
+            layer = Int8DynamicLinear(torch.nn.Linear(k, n))
             x = torch.randn(m, k)
             best = float("inf")
             with torch.inference_mode():

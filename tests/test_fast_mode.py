@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 import textmask
 from textmask.engine import _call_layer, _decoder_layer, _encoder_layer
-from textmask.fast import FastVisionLayer
+from textmask.fast import FastVisionLayer, Int8DynamicLinear, cpu_has_vnni
 from textmask.model import fast_precision, int8_available, resolve_dtype
 
 PROMPTS = ["a cat", "a dog", "the sky"]
@@ -105,7 +106,7 @@ def test_fast_layer_equals_original_layer_in_float32(tiny_session) -> None:
 def test_int8_layer_is_quantized_and_close(tiny_session) -> None:
     layer = tiny_session._vision_layers[0]
     fast = FastVisionLayer.from_layer(layer, torch.float32, torch.device("cpu"), quantize="int8")
-    assert "quantized" in type(fast.fc1).__module__
+    assert isinstance(fast.fc1, Int8DynamicLinear) and isinstance(fast.qkv, Int8DynamicLinear)
     hidden = torch.randn(1, 485, tiny_session.model.config.vision_config.hidden_size)
     with torch.inference_mode():
         expected = _encoder_layer(layer, hidden)
@@ -113,6 +114,23 @@ def test_int8_layer_is_quantized_and_close(tiny_session) -> None:
     assert relative < 0.05
     with pytest.raises(ValueError, match="int8"):
         FastVisionLayer.from_layer(layer, torch.bfloat16, torch.device("cpu"), quantize="int8")
+
+
+@pytest.mark.skipif(not (int8_available() and cpu_has_vnni()), reason="needs a CPU with VNNI and a quantized engine")
+def test_int8_linear_uses_all_8_bits_with_vnni() -> None:
+    """With VNNI the activations use 8 bits, not torch.ao's 7: about half the error, and no saturation."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(256, 64)
+    inputs = F.gelu(torch.randn(4, 97, 256) * 2)  # skewed, like an MLP's second layer input
+    with torch.inference_mode():
+        expected = linear(inputs)
+        full, reduced = Int8DynamicLinear(linear), Int8DynamicLinear(linear, reduce_range=True)
+        assert full.reduce_range is False
+        error_full = ((full(inputs) - expected).norm() / expected.norm()).item()
+        error_reduced = ((reduced(inputs) - expected).norm() / expected.norm()).item()
+    assert full(inputs).shape == (4, 97, 64)
+    assert error_full < 0.7 * error_reduced
+    assert error_full < 0.02
 
 
 # ------------------------------------------------------------------- float32 speed-ups stay exact

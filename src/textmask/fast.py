@@ -7,7 +7,8 @@ model's layers (the model itself is left untouched: other paths, such as image p
 * CLIP's activation ``x · sigmoid(1.702 x)`` becomes one in-place ``silu``: the factor 1.702 is folded
   into ``fc1``'s weights and bias, and its inverse into ``fc2``'s weights (exact in real arithmetic);
 * on a CPU, the linear layers may be int8 with dynamic activation quantization (``quantize="int8"``,
-  VNNI kernels), while everything else stays in float32; on a GPU the layers run in float16.
+  :class:`Int8DynamicLinear`: 8-bit activations on CPUs with VNNI, 7-bit elsewhere), while everything
+  else stays in float32; on a GPU the layers run in float16.
 
 The results agree with the float32 path to about 1e-2 in probability (``tests/test_fast_mode.py`` pins
 the agreement; ``benchmarks/bench.py`` measures it on the full-size architecture).
@@ -30,12 +31,48 @@ def _is_quick_gelu(activation: Any) -> bool:
     return type(activation).__name__ == "QuickGELUActivation"
 
 
-def _quantize_linear(linear: nn.Linear) -> nn.Module:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
-        from torch.ao.quantization import quantize_dynamic
+def cpu_has_vnni() -> bool:
+    """Whether this x86 CPU has VNNI int8 dot products (AVX512-VNNI, AVX-VNNI or AMX), read from /proc/cpuinfo.
 
-        return quantize_dynamic(nn.Sequential(linear), {nn.Linear}, dtype=torch.qint8)[0]
+    Without VNNI, int8 kernels add pairs of products in 16 bits, which can saturate unless activations use
+    7 of their 8 bits (``reduce_range``); with VNNI the products go straight into 32 bits and all 8 bits are
+    safe, which halves the quantization error of the activations.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    except OSError:
+        pass
+    return False
+
+
+class Int8DynamicLinear(nn.Module):
+    """A linear map with int8 weights (per-tensor, symmetric) and activations quantized on the fly.
+
+    ``torch.ao``'s dynamic quantized linear always quantizes activations to 7 bits (``reduce_range=True``), the
+    safe choice for CPUs without VNNI; this one uses all 8 bits where :func:`cpu_has_vnni`. Maps
+    ``[..., in_features]`` float32 → ``[..., out_features]`` float32.
+    """
+
+    def __init__(self, linear: nn.Linear, reduce_range: bool | None = None) -> None:
+        super().__init__()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+            from torch.ao.quantization import quantize_dynamic
+
+            quantized = quantize_dynamic(nn.Sequential(linear), {nn.Linear}, dtype=torch.qint8)[0]
+        self.packed = quantized._packed_params._packed_params
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.reduce_range = (not cpu_has_vnni()) if reduce_range is None else reduce_range
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(inputs, self.packed, reduce_range=self.reduce_range)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, reduce_range={self.reduce_range}"
 
 
 class FastVisionLayer(nn.Module):
@@ -102,7 +139,7 @@ class FastVisionLayer(nn.Module):
         if quantize == "int8":
             if device.type != "cpu" or dtype != torch.float32:
                 raise ValueError("int8 quantization runs on the CPU in float32")
-            qkv, out_proj, fc1, fc2 = (_quantize_linear(m) for m in (qkv, out_proj, fc1, fc2))
+            qkv, out_proj, fc1, fc2 = (Int8DynamicLinear(m) for m in (qkv, out_proj, fc1, fc2))
         elif quantize is not None:
             raise ValueError(f"quantize: {quantize!r} is not one of None, 'int8'")
         fast = cls(norm1, qkv, out_proj, norm2, fc1, fc2, activation, attention.num_heads, attention.scale)

@@ -286,27 +286,60 @@ def build_random_model(kind: str, folder: str | Path, seed: int = 0) -> Path:
 
 
 def _fill_random_weights(model: Any, seed: int) -> None:
-    """Overwrite every parameter from one seeded generator, in name order.
+    """Overwrite every parameter from one seeded generator, in name order, with CLIP's initialization.
 
-    transformers' own initialization differs between versions, so a model built by it would differ too; this
-    makes ``random-tiny``/``random-full`` the same weights on every transformers version (4.x and 5.x name
-    and shape CLIPSeg's parameters alike): norms 1/0, biases 0, embeddings N(0, 0.02), other weights
-    N(0, 1/fan_in).
+    transformers' own initialization draws in a different order on each version, so a model built by it
+    would differ between versions; this makes ``random-tiny``/``random-full`` the same weights on every
+    transformers version (4.x and 5.x name and shape CLIPSeg's parameters alike), drawn from the
+    distributions of transformers' ``CLIPSegPreTrainedModel._init_weights`` (OpenAI CLIP's scheme: norms 1/0,
+    biases 0, attention and MLP projections scaled by width and depth, other weights N(0, 0.02)).
     """
+    stds = _clip_init_stds(model)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in sorted(model.named_parameters()):
-            if name.endswith("logit_scale"):  # unused by segmentation: keep the config's value
+            std = stds.get(name)
+            if std is None:  # logit_scale: unused by segmentation, keep the config's value
                 continue
-            if "norm" in name:
-                parameter.fill_(1.0 if name.endswith("weight") else 0.0)
-            elif name.endswith("bias"):
-                parameter.zero_()
-            elif "embedding" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+            if isinstance(std, float):
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * std)
             else:
-                fan_in = parameter[0].numel()
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) / fan_in**0.5)
+                parameter.fill_(std[0])
+
+
+def _clip_init_stds(model: Any) -> dict[str, float | tuple[float]]:
+    """Parameter name → the std of its normal init, or ``(value,)`` for a constant (norms, biases)."""
+    stds: dict[str, float | tuple[float]] = {}
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        for name, _parameter in module.named_parameters(recurse=False):
+            full = prefix + name
+            if isinstance(module, torch.nn.LayerNorm):
+                stds[full] = (1.0 if name == "weight" else 0.0,)
+            elif name == "bias":
+                stds[full] = (0.0,)
+            elif name != "logit_scale":
+                stds[full] = 0.02
+    for module_name, module in model.named_modules():  # then the CLIP-specific scales, over the generic ones
+        prefix = f"{module_name}." if module_name else ""
+        kind = type(module).__name__
+        config = getattr(module, "config", None)
+        if kind == "CLIPSegVisionEmbeddings":
+            stds[prefix + "class_embedding"] = module.embed_dim**-0.5
+        elif kind in ("CLIPSegAttention", "CLIPSegMLP"):
+            width = config.hidden_size
+            in_std = width**-0.5 * (2 * config.num_hidden_layers) ** -0.5
+            if kind == "CLIPSegAttention":
+                for projection in ("q_proj", "k_proj", "v_proj"):
+                    stds[f"{prefix}{projection}.weight"] = in_std
+                stds[f"{prefix}out_proj.weight"] = width**-0.5
+            else:
+                stds[f"{prefix}fc1.weight"] = (2 * width) ** -0.5
+                stds[f"{prefix}fc2.weight"] = in_std
+        elif kind == "CLIPSegModel":
+            stds[prefix + "text_projection.weight"] = module.text_embed_dim**-0.5
+            stds[prefix + "visual_projection.weight"] = module.vision_embed_dim**-0.5
+    return stds
 
 
 def _calibrate_logit_scale(model: Any, target_std: float = 3.0) -> None:
@@ -331,7 +364,7 @@ def _calibrate_logit_scale(model: Any, target_std: float = 3.0) -> None:
 
 def _random_model_folder(source: str) -> Path:
     kind = source.split("-", 1)[1]
-    folder = cache_root() / f"{source}-v3"
+    folder = cache_root() / f"{source}-v4"
     if not (folder / "config.json").is_file():
         log.info("building the %s model in %s (random weights: masks are meaningless)", source, folder)
         build_random_model(kind, folder)
