@@ -42,10 +42,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if (ROOT / "src" / "textmask").is_dir() and str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))  # seed_reference: the seed node's algorithm, shared with the tests
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from seed_reference import seed_reference  # noqa: E402
 
 PROMPTS = ["a cat", "the sky", "a red car", "a person on the left", "the wooden table"]
 GIB = 2**30
@@ -193,45 +194,18 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the seed's algorithm
 
 
-def tensor2pil(t: torch.Tensor) -> Any:
-    from PIL import Image
-
-    return Image.fromarray(np.clip(255.0 * t.cpu().numpy().squeeze(), 0, 255).astype(np.uint8))
-
-
-def pil2tensor(image: Any) -> torch.Tensor:
-    return torch.from_numpy(np.array(image).astype(np.float32) / 255.0).unsqueeze(0)
-
-
-def image2mask(t: torch.Tensor) -> torch.Tensor:
-    return t[..., 0] * 0.299 + t[..., 1] * 0.587 + t[..., 2] * 0.114
-
-
 def seed_masks(images: torch.Tensor, text: str, folder: Path, device: torch.device, model: Any = None) -> torch.Tensor:
-    """``SaltCLIPSegMasking.CLIPSeg_image`` as written (only the model folder and device are ours)."""
+    """``SaltCLIPSegMasking.CLIPSeg_image`` as written (only the model folder and device are ours): the loop in
+    ``tests/seed_reference.py``, reloading the processor and model for every image unless ``model`` is given."""
     from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
-    masks = []
-    master_size = None
-    for image in images:
-        image = tensor2pil(image)
-        if not master_size:
-            master_size = image.size
-        if model is not None:
-            inputs, net = model
-        else:
-            inputs = CLIPSegProcessor.from_pretrained(folder)
-            net = CLIPSegForImageSegmentation.from_pretrained(folder).to(device)
-        with torch.no_grad():
-            result = net(**inputs(text=text, images=image, padding=True, return_tensors="pt").to(device))
-        tensor = torch.sigmoid(result[0])
-        mask = (tensor - tensor.min()) / tensor.max()
-        mask = mask.unsqueeze(0)
-        mask = tensor2pil(mask)
-        mask = mask.resize(master_size)
-        mask_image_tensor = pil2tensor(mask.convert("RGB"))
-        masks.append(image2mask(mask_image_tensor))
-    return torch.cat(masks, dim=0)
+    def reload() -> tuple[Any, Any]:
+        return (
+            CLIPSegProcessor.from_pretrained(folder),
+            CLIPSegForImageSegmentation.from_pretrained(folder).to(device),
+        )
+
+    return seed_reference(images, text, model, reload=reload, device=device)[0]
 
 
 def seed_multi(images: torch.Tensor, prompts: list[str], folder: Path, device: torch.device, model: Any = None):

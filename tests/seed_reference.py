@@ -6,6 +6,7 @@ Plain module (no pytest) so that the ComfyUI integration test can run it inside 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,16 +29,28 @@ def image2mask(t: torch.Tensor) -> torch.Tensor:
     return t[..., 0] * 0.299 + t[..., 1] * 0.587 + t[..., 2] * 0.114
 
 
-def seed_reference(images: Any, text: str, clipseg_model: tuple[Any, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """SaltCLIPSegMasking.CLIPSeg_image as published: returns (masks [B, H, W], mask images [B, H, W, 3])."""
-    processor, model = clipseg_model
+def seed_reference(
+    images: Any,
+    text: str,
+    clipseg_model: tuple[Any, Any] | None = None,
+    reload: Callable[[], tuple[Any, Any]] | None = None,
+    device: Any = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SaltCLIPSegMasking.CLIPSeg_image as published: returns (masks [B, H, W], mask images [B, H, W, 3]).
+
+    ``clipseg_model``: the (processor, model) pair; or ``reload``: called for every image to load the pair
+    afresh, as the seed does without ``clipseg_model`` (the benchmark's "seed as written" row).
+    ``device``: where the processor's tensors go (the model must be there already).
+    """
     masks, image_masks, master_size = [], [], None
     for image in images:
         image = tensor2pil(image)
         if not master_size:
             master_size = image.size
+        processor, model = reload() if clipseg_model is None else clipseg_model
+        inputs = processor(text=text, images=image, padding=True, return_tensors="pt")
         with torch.no_grad():
-            result = model(**processor(text=text, images=image, padding=True, return_tensors="pt"))
+            result = model(**(inputs if device is None else inputs.to(device)))
         # transformers versions give [352, 352] or [1, 352, 352] for one image; the seed copes with both
         assert tuple(result[0].shape) in ((352, 352), (1, 352, 352)), tuple(result[0].shape)
         tensor = torch.sigmoid(result[0])
