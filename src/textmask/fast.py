@@ -17,6 +17,7 @@ the agreement; ``benchmarks/bench.py`` measures it on the full-size architecture
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from typing import Any
 
@@ -31,6 +32,7 @@ def _is_quick_gelu(activation: Any) -> bool:
     return type(activation).__name__ == "QuickGELUActivation"
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_has_vnni() -> bool:
     """Whether this x86 CPU has VNNI int8 dot products (AVX512-VNNI, AVX-VNNI or AMX), read from /proc/cpuinfo.
 
