@@ -386,24 +386,35 @@ def _float_mask(values: torch.Tensor, name: str) -> torch.Tensor:
     raise PromptError(f"{name}: unsupported mask dtype {values.dtype}; use float in [0, 1], uint8 or bool")
 
 
+def _open_file(value: Any, name: str) -> Any:
+    """A path → the PIL image read from it (a :class:`PromptError` if unreadable); anything else unchanged."""
+    if not isinstance(value, (str, os.PathLike)):
+        return value
+    try:
+        return load_image(value, name)
+    except InputError as exc:
+        raise PromptError(str(exc)) from None
+
+
+def _array_as_tensor(array: np.ndarray, name: str) -> torch.Tensor:
+    """A numpy mask or image → tensor as images are read (uint16 scaled to [0, 1]); errors as :class:`PromptError`."""
+    if array.dtype == np.uint16:
+        array = array.astype(np.float32) / 65535.0
+    try:
+        return _array_to_tensor(array, name)
+    except InputError as exc:
+        raise PromptError(str(exc)) from None
+
+
 def _read_mask(mask: Any, name: str) -> torch.Tensor:
     """Any accepted mask form → ``[H, W]`` float32 in [0, 1] (CPU unless a tensor)."""
-    if isinstance(mask, (str, os.PathLike)):
-        try:
-            mask = load_image(mask, name)
-        except InputError as exc:
-            raise PromptError(str(exc)) from None
+    mask = _open_file(mask, name)
     if _is_pil(mask):
         from PIL import ImageOps
 
         mask = np.asarray(ImageOps.exif_transpose(mask).convert("L"))
     if isinstance(mask, np.ndarray):
-        if mask.dtype == np.uint16:
-            mask = mask.astype(np.float32) / 65535.0
-        try:
-            mask = _array_to_tensor(mask, name)
-        except InputError as exc:
-            raise PromptError(str(exc)) from None
+        mask = _array_as_tensor(mask, name)
     if not isinstance(mask, torch.Tensor):
         raise PromptError(
             f"{name}: unsupported mask type {type(mask).__name__}; pass a tensor/array [H, W], a PIL image, "
@@ -421,11 +432,7 @@ def _read_mask(mask: Any, name: str) -> torch.Tensor:
 
 def _read_alpha(image: Any, name: str) -> torch.Tensor:
     """The example's own alpha channel as ``[H, W]`` float in [0, 1]."""
-    if isinstance(image, (str, os.PathLike)):
-        try:
-            image = load_image(image, name)
-        except InputError as exc:
-            raise PromptError(str(exc)) from None
+    image = _open_file(image, name)
     if _is_pil(image):
         from PIL import ImageOps
 
@@ -435,9 +442,7 @@ def _read_alpha(image: Any, name: str) -> torch.Tensor:
             raise PromptError(f"{name}: mask='alpha' but the example image ({image.mode}) has no alpha channel")
         return torch.from_numpy(np.asarray(image.convert("RGBA"))[..., 3].copy()).float() / 255.0
     if isinstance(image, np.ndarray):
-        if image.dtype == np.uint16:
-            image = image.astype(np.float32) / 65535.0
-        image = _array_to_tensor(image, name)
+        image = _array_as_tensor(image, name)
     if isinstance(image, torch.Tensor):
         values = image[0] if image.dim() == 4 and image.shape[0] == 1 else image
         if values.dim() != 3 or values.shape[-1] not in (2, 4):
