@@ -18,7 +18,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ``save_pretrained`` folder: tiny random CLIPSeg (ViT patch 16, 352 input) + CLIP tokenizer files."""
-    from textmask.model import build_random_model
+    from textmask.testmodels import build_random_model
 
     return build_random_model("tiny", tmp_path_factory.mktemp("models") / "tiny-clipseg")
 

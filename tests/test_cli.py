@@ -419,6 +419,19 @@ def test_info_and_download(tiny_model_dir: Path, tmp_path: Path, monkeypatch: py
     assert broken.exit_code == 3 and "could not be loaded" in broken.stderr
 
 
+def test_info_lists_the_random_models_that_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`textmask info` finds random-tiny where `textmask.load("random-tiny")` builds it (it once looked in -v1)."""
+    monkeypatch.setenv("TEXTMASK_CACHE", str(tmp_path / "cache"))
+    before = json.loads(invoke("info", "--json").stdout)
+    assert not [m for m in before["models"] if m["random"]]
+    from textmask.model import locate_model
+
+    built = locate_model("random-tiny")
+    listed = json.loads(invoke("info", "--json").stdout)["models"]
+    assert [(m["source"], m["path"], m["random"]) for m in listed if m["random"]] == [("random-tiny", str(built), True)]
+    assert "random-tiny" in invoke("info").stdout.split("models present:", 1)[1]
+
+
 # ----------------------------------------------------------------------------------------- naming
 def test_prompt_slugs():
     assert prompt_slug("A red Car!") == "a-red-car"

@@ -26,7 +26,7 @@ _EXPORTS = {
     "load_model": "textmask.model",
     "locate_model": "textmask.model",
     "clear_model_cache": "textmask.model",
-    "DEFAULT_MODEL": "textmask.model",
+    "DEFAULT_MODEL": "textmask.constants",
     "load_image": "textmask.images",
     "ImagePrompt": "textmask.prompts",
     "TextPrompt": "textmask.prompts",
@@ -43,10 +43,11 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .constants import DEFAULT_MODEL
     from .engine import ImageFeatures, OutOfMemoryError, Segmenter, load, session_from_hf
     from .errors import InputError, ModelLoadError, ModelNotFoundError, PromptError, TextmaskError
     from .images import load_image
-    from .model import DEFAULT_MODEL, clear_model_cache, load_model, locate_model
+    from .model import clear_model_cache, load_model, locate_model
     from .postprocess import MaskOptions
     from .prompts import Blend, ImagePrompt, TextPrompt, average
 

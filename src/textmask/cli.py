@@ -25,9 +25,9 @@ from typing import Any
 import click
 
 from . import __version__
+from .constants import DEFAULT_MODEL
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-DEFAULT_MODEL = "CIDAS/clipseg-rd64-refined"  # textmask.model.DEFAULT_MODEL, without importing torch
 RANDOM_NOTE = "model {model!r} has random weights: its masks are meaningless (it exists for tests and demos)"
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}

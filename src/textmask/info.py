@@ -60,7 +60,9 @@ def find_models(cache_dir: str | os.PathLike | None = None) -> list[dict[str, An
         one dict per model: ``source`` (what to pass as ``--model``), ``path``, ``where``, ``size_mb``,
         ``safetensors`` (whether loadable without ``allow_pickle``), ``random`` (meaningless masks).
     """
-    from .model import RANDOM_SOURCES, _snapshot_in, cache_root
+    from .constants import RANDOM_SOURCES, cache_root
+    from .model import _snapshot_in
+    from .testmodels import random_model_folder
 
     found: list[dict[str, Any]] = []
     caches = [Path(cache_dir).expanduser()] if cache_dir else []
@@ -85,7 +87,7 @@ def find_models(cache_dir: str | os.PathLike | None = None) -> list[dict[str, An
                 }
             )
     for source in RANDOM_SOURCES:
-        folder = cache_root() / f"{source}-v1"
+        folder = random_model_folder(source)
         if (folder / "config.json").is_file():
             found.append(
                 {
@@ -138,7 +140,8 @@ def environment(cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     import torch
 
     from . import __version__
-    from .model import DEFAULT_MODEL, _hub_offline, cache_root, resolve_device
+    from .constants import DEFAULT_MODEL, cache_root
+    from .model import _hub_offline, resolve_device
 
     devices: list[dict[str, Any]] = [{"name": "cpu", "detail": platform.processor() or platform.machine()}]
     if torch.cuda.is_available():

@@ -18,9 +18,10 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+from ..constants import DEFAULT_MODEL
+
 log = logging.getLogger("textmask")
 
-DEFAULT_MODEL = "CIDAS/clipseg-rd64-refined"  # = textmask.model.DEFAULT_MODEL, without importing torch
 FOLDER_NAME = "clipseg"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 

@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ..constants import DEFAULT_MODEL
+
 log = logging.getLogger("textmask")
 
-DEFAULT_MODEL = "CIDAS/clipseg-rd64-refined"
 DEVICE_CHOICES = ["auto", "cpu"]
 DTYPE_CHOICES = ["auto", "float32", "float16", "bfloat16"]
 NORMALIZE_CHOICES = ["minmax", "none", "seed"]

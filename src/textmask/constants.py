@@ -1,0 +1,25 @@
+"""Names and defaults every layer shares, importable without torch: the default model, the random test
+models, the option choices the faces offer, and textmask's own cache folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_MODEL = "CIDAS/clipseg-rd64-refined"
+RANDOM_SOURCES = ("random-tiny", "random-full")
+RANDOM_MODEL_VERSION = 4  # bump when the random models' weights change; their cache folders are ``<source>-v<N>``
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("float32", "bfloat16", "float16", "fast")
+NORMALIZE_MODES = ("none", "minmax", "seed")
+COMBINE_MODES = ("union", "intersection")
+OUTPUT_KINDS = ("mask", "overlay", "cutout")
+
+
+def cache_root() -> Path:
+    """Where textmask keeps what it builds (random models, converted models): ``$TEXTMASK_CACHE`` or
+    ``~/.cache/textmask``."""
+    return Path(os.environ.get("TEXTMASK_CACHE", Path.home() / ".cache" / "textmask")).expanduser()
