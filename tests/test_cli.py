@@ -21,13 +21,7 @@ import torch
 from cli_helpers import ROOT, SRC, files_in, invoke, mask_levels, run_cli
 from PIL import Image
 
-from textmask.io import (
-    CollisionError,
-    atomic_path,
-    discover_inputs,
-    make_targets,
-    prompt_slug,
-)
+from textmask.batch import CollisionError, atomic_path, discover_inputs, make_targets, prompt_slug
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -348,13 +342,13 @@ def test_disk_full_stops_the_run_and_keeps_what_was_written(
 ):
     import errno
 
-    import textmask.jobs
+    import textmask.batch.store
 
     folder = tmp_path / "in"
     folder.mkdir()
     for index in range(3):
         Image.new("RGB", (8, 8), (index * 50, 0, 0)).save(folder / f"{index}.png")
-    real_save = textmask.jobs.save_png
+    real_save = textmask.batch.store.save_bytes
     calls = []
 
     def save_until_full(path, array):
@@ -363,7 +357,7 @@ def test_disk_full_stops_the_run_and_keeps_what_was_written(
             raise OSError(errno.ENOSPC, "No space left on device")
         real_save(path, array)
 
-    monkeypatch.setattr(textmask.jobs, "save_png", save_until_full)
+    monkeypatch.setattr(textmask.batch.store, "save_bytes", save_until_full)
     out = tmp_path / "out"
     result = invoke("mask", str(folder), "-p", "cat", "--model", str(tiny_model_dir), "-o", str(out), "-b", "1")
     assert result.exit_code == 3 and "No space left" in result.stderr
@@ -468,7 +462,7 @@ def test_example_slugs_are_stable_and_say_which(tmp_path: Path):
 def test_build_prompts_pairs_masks_with_examples(example_files: dict[str, Path]):
     from textmask import Blend, ImagePrompt
     from textmask.errors import PromptError
-    from textmask.io import build_prompts
+    from textmask.prompts import build_prompts
 
     example, mask, cutout = example_files["example"], example_files["mask"], example_files["cutout"]
     specs = ["a mug", f"image:{cutout}", "text:image:x", "a mug"]
@@ -524,14 +518,14 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path: Path):
 
 
 def test_out_of_memory_stops_with_a_clear_error(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import textmask.jobs
+    from textmask.engine import Segmenter
 
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
 
     def no_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(textmask.jobs, "target_masks", no_memory)
+    monkeypatch.setattr(Segmenter, "mask", no_memory)
     result = invoke(
         "mask", str(tmp_path / "a.png"), "-p", "cat", "--model", str(tiny_model_dir), "-o", str(tmp_path / "o")
     )

@@ -167,7 +167,7 @@ SLUG = r"(prompt-[0-9a-f]{8}|[a-z0-9]+(-[a-z0-9]+)*)"
 def test_prompt_slugs_are_short_safe_and_stable(prompt) -> None:
     import re
 
-    from textmask.io import prompt_slug
+    from textmask.batch import prompt_slug
 
     slug = prompt_slug(prompt)
     assert re.fullmatch(SLUG, slug), slug
@@ -181,7 +181,7 @@ def test_prompt_slugs_are_short_safe_and_stable(prompt) -> None:
 def test_output_names_are_unique_and_writable(tmp_path_factory, prompts, key) -> None:
     import re
 
-    from textmask.io import InputItem, make_targets, plan_outputs
+    from textmask.batch import InputItem, make_targets, plan_outputs
 
     each = make_targets(prompts, "each")
     assert len(each) == len(dict.fromkeys(prompts))

@@ -36,7 +36,7 @@ from textmask.comfy.nodes import SaltCLIPSegLoader, SaltCLIPSegMasking, Textmask
 from textmask.engine import Segmenter
 from textmask.errors import InputError, ModelLoadError, ModelNotFoundError, PromptError, TextmaskError
 from textmask.images import load_image, to_levels
-from textmask.io import remove_stale_temporaries
+from textmask.batch import remove_stale_temporaries
 from textmask.postprocess import MaskOptions, grow
 
 

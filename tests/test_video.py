@@ -1,4 +1,4 @@
-"""Video through the command line and textmask.video: same frame count, size and rate; streaming; smoothing."""
+"""Video through the command line and textmask.batch.video: same frame count, size and rate; streaming; smoothing."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ av = pytest.importorskip("av")
 
 from cli_helpers import files_in, invoke, run_cli  # noqa: E402
 
-from textmask.io import make_targets  # noqa: E402
-from textmask.jobs import MaskJob, PromptTable, finish_targets, run_job  # noqa: E402
-from textmask.postprocess import MaskOptions, smooth_temporal  # noqa: E402
-from textmask.video import probe, read_frames  # noqa: E402
+from textmask.batch import MaskJob, discover_inputs, make_targets  # noqa: E402
+from textmask.batch.local import run_job  # noqa: E402
+from textmask.batch.video import probe, read_frames  # noqa: E402
+from textmask.postprocess import MaskOptions, Target, TargetPlan, finish_targets, smooth_temporal  # noqa: E402
 
 FRAMES, WIDTH, HEIGHT, RATE = 24, 64, 48, 12
 
@@ -109,7 +109,7 @@ def test_frames_equal_the_engine_and_smoothing_is_chunk_invariant(
     np.testing.assert_array_equal(got, expected)
 
     # Smoothing runs per chunk of 5 frames with its state carried over: same as smoothing all 24 at once.
-    table = PromptTable.build(make_targets(["a cat"]))
+    table = TargetPlan.build([Target(("a cat",))])
     probs = tiny_session.predict(frames, list(table.prompts), batch_size=5)
     smoothed, _ = smooth_temporal(probs, 0.6)
     whole = finish_targets(smoothed, table, MaskOptions(threshold=0.5))[:, 0]
@@ -166,8 +166,6 @@ def test_corrupt_video_is_reported_and_skipped(clip: Path, tiny_model_dir: Path,
 
 
 def test_interrupted_video_leaves_nothing(clip: Path, tiny_session, tmp_path: Path):
-    from textmask.io import discover_inputs
-
     job = MaskJob(outdir=tmp_path / "out", targets=make_targets(["cat"]), video_forms=("video", "frames"), batch_size=4)
     answers = iter([False])  # go on at the start, stop after the first chunk of 4 frames
     seen: list[int] = []

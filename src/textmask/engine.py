@@ -19,16 +19,37 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import InputError, TextmaskError
+from .constants import DEFAULT_MODEL
+from .errors import (
+    InputError,
+    ModelLoadError,
+    PromptError,
+    TextmaskError,
+    first_line,
+    is_out_of_memory,
+    out_of_memory_message,
+)
 from .images import ImageBatch, as_image_batch
-from .model import DEFAULT_MODEL, LoadedModel, load_model
-from .postprocess import MaskOptions, combine, finish_masks, normalize_minmax, normalize_seed
+from .model import LoadedModel, load_model
+from .postprocess import (
+    MaskOptions,
+    Target,
+    TargetPlan,
+    check_smoothing,
+    combine,
+    finish,
+    finish_targets,
+    normalize_minmax,
+    normalize_seed,
+    smooth_temporal,
+)
 from .prompts import (
     ExampleInput,
     PromptLike,
@@ -52,8 +73,6 @@ _PROMPT_CACHE_SIZE = 4096
 _MAX_PAIRS_PER_PASS = 64
 _MAX_MAP_VALUES_PER_PASS = 64 * 1024 * 1024
 _TorchOutOfMemory: type[BaseException] = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
-# Allocation failures that are not torch.OutOfMemoryError: the CPU allocator and MPS raise RuntimeError.
-_OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate")
 
 
 class OutOfMemoryError(TextmaskError, _TorchOutOfMemory):  # type: ignore[misc,valid-type]
@@ -71,18 +90,6 @@ class OutOfMemoryError(TextmaskError, _TorchOutOfMemory):  # type: ignore[misc,v
         super().__init__(message)
         self.device = device
         self.detail = detail
-
-
-def _is_out_of_memory(error: BaseException) -> bool:
-    """Whether ``error`` is a failed allocation (CUDA, CPU, MPS), as opposed to any other failure."""
-    if isinstance(error, (_TorchOutOfMemory, MemoryError)):
-        return True
-    return isinstance(error, RuntimeError) and any(text in str(error).lower() for text in _OOM_MESSAGES)
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def _call_layer(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -533,13 +540,16 @@ class Segmenter:
             ``prompts`` is a single prompt.
         """
         options = MaskOptions(normalize=normalize)
-        return self._run(images, prompts, (), options, output_size, batch_size, progress, output_device, False)
+        embeddings = self.encode_prompts(as_prompt_list(prompts, "prompts"))
+        squeeze = is_single_prompt(prompts)
+        return self._run(images, embeddings, None, options, output_size, batch_size, progress, output_device, squeeze)
 
     def mask(
         self,
         images: Any,
-        prompts: PromptLike | Sequence[PromptLike],
+        prompts: PromptLike | Sequence[PromptLike] | None = None,
         *,
+        targets: Sequence[Any] | None = None,
         negative_prompts: PromptLike | Sequence[PromptLike] = (),
         options: MaskOptions | None = None,
         output_size: tuple[int, int] | None = None,
@@ -548,44 +558,97 @@ class Segmenter:
         output_device: str | torch.device = "cpu",
         **option_overrides: Any,
     ) -> torch.Tensor | list[torch.Tensor]:
-        """One mask per image: prompts combined, negatives subtracted, post-processing applied.
+        """Finished masks: each target's prompts combined, negatives subtracted, post-processing applied.
+
+        Every image is encoded once and every unique prompt decoded once, whatever the number of targets.
 
         Args:
             images: as for :meth:`predict`.
-            prompts: one or more prompts (text, example images, blends), combined with ``options.combine``.
-            negative_prompts: prompts (of any kind) whose maps are subtracted from the result.
+            prompts: one or more prompts (text, example images, blends) making one mask per image, combined
+                with ``options.combine``.
+            targets: instead of ``prompts``, several masks per image: each a :class:`~textmask.postprocess.Target`
+                (prompts and combine mode), a list of prompts (combined with ``options.combine``) or one prompt.
+            negative_prompts: prompts (of any kind) whose maps are subtracted from every mask.
             options: a :class:`~textmask.postprocess.MaskOptions`; keyword overrides such as
                 ``threshold=0.4, blur=2, grow=4, invert=True, normalize="minmax"`` replace its fields.
             output_size, batch_size, progress, output_device: as for :meth:`predict`.
 
         Returns:
-            float32 in [0, 1]: ``[B, H, W]`` for a batch tensor/array (or with ``output_size``), a list of
-            ``[H, W]`` for a list input, ``[H, W]`` for a single image.
+            float32 in [0, 1]. With ``prompts``: ``[B, H, W]`` for a batch tensor/array (or with
+            ``output_size``), a list of ``[H, W]`` for a list input, ``[H, W]`` for a single image. With
+            ``targets``: the same with a target axis, ``[B, T, H, W]``, ``[T, H, W]``.
         """
         options = MaskOptions.from_kwargs(options, **option_overrides)
-        if is_single_prompt(negative_prompts):
-            negative_prompts = [negative_prompts]
-        return self._run(
-            images, prompts, tuple(negative_prompts), options, output_size, batch_size, progress, output_device, True
-        )
+        plan, embeddings = self._plan(prompts, targets, negative_prompts, options)
+        squeeze = targets is None
+        return self._run(images, embeddings, plan, options, output_size, batch_size, progress, output_device, squeeze)
+
+    def stream(
+        self,
+        targets: Sequence[Any],
+        *,
+        negative_prompts: PromptLike | Sequence[PromptLike] = (),
+        options: MaskOptions | None = None,
+        smoothing: float = 0.0,
+        batch_size: int | None = None,
+        **option_overrides: Any,
+    ) -> MaskStream:
+        """A callable for consecutive frames of one video: ``stream(frames [B, H, W, C]) → [B, T, H, W]``.
+
+        With ``smoothing`` in [0, 1), each prompt's probability map is averaged over time
+        (:func:`~textmask.postprocess.smooth_temporal`) before the masks are finished, carried across calls, so a
+        video masked chunk by chunk equals the same video masked in one piece.
+
+        Args:
+            targets, negative_prompts, options, option_overrides: as for :meth:`mask` (with ``targets``).
+            smoothing: temporal smoothing strength in [0, 1); 0 is off.
+            batch_size: frames per forward pass.
+        """
+        options = MaskOptions.from_kwargs(options, **option_overrides)
+        plan, embeddings = self._plan(None, targets, negative_prompts, options)
+        return MaskStream(self, plan, embeddings, options, check_smoothing(smoothing), batch_size)
+
+    def _plan(
+        self,
+        prompts: Any,
+        targets: Sequence[Any] | None,
+        negative_prompts: Any,
+        options: MaskOptions,
+    ) -> tuple[TargetPlan, torch.Tensor]:
+        """The targets' unique prompts and their embeddings ``[P, D]`` (errors name the argument at fault)."""
+        if targets is None:
+            if prompts is None:
+                raise PromptError("prompts: give at least one prompt (or several masks with targets=[...])")
+            named = [(Target(tuple(as_prompt_list(prompts, "prompts")), options.combine), "prompts")]
+        else:
+            if prompts is not None:
+                raise TypeError("mask(): give prompts or targets, not both")
+            named = as_targets(targets, options.combine)
+        negative: list[Any] = []
+        if is_single_prompt(negative_prompts) or len(negative_prompts):
+            negative = as_prompt_list(negative_prompts, "negative_prompts")
+        plan = TargetPlan.build([target for target, _ in named], negative)
+        found: dict[Any, torch.Tensor] = {}
+        for items, name in [*((list(t.prompts), n) for t, n in named), (negative, "negative_prompts")]:
+            if items:
+                for prompt, embedding in zip(items, self.encode_prompts(items, name)):
+                    found.setdefault(prompt, embedding)
+        return plan, torch.stack([found[prompt] for prompt in plan.prompts])
 
     def _run(
         self,
         images: Any,
-        prompts: PromptLike | Sequence[PromptLike],
-        negative: tuple[PromptLike, ...],
+        embeddings: torch.Tensor,
+        plan: TargetPlan | None,
         options: MaskOptions,
         output_size: tuple[int, int] | None,
         batch_size: int | None,
         progress: ProgressCallback | None,
         output_device: str | torch.device,
-        finish: bool,
+        squeeze: bool,
     ) -> torch.Tensor | list[torch.Tensor]:
-        single_prompt = is_single_prompt(prompts)
-        positive = as_prompt_list(prompts, "prompts")
-        embeddings = self.encode_prompts(positive)
-        if negative:
-            embeddings = torch.cat([embeddings, self.encode_prompts(list(negative), "negative_prompts")])
+        """Images in chunks → per image ``[T, H, W]`` finished masks (``plan``) or ``[P, H, W]`` maps (None),
+        into a pre-allocated batch when every output has one size; out-of-memory retried with halved chunks."""
         batch = as_image_batch(images)
         if output_size is not None:
             output_size = (int(output_size[0]), int(output_size[1]))
@@ -594,7 +657,8 @@ class Segmenter:
         total = len(batch)
         fixed_size = output_size or batch.uniform_size
         stacked = batch.stacked is not None or output_size is not None
-        per_image_shape = () if finish else ((len(positive),) if not single_prompt else ())
+        planes = embeddings.shape[0] if plan is None else len(plan.targets)
+        per_image_shape = () if squeeze else (planes,)
         results: torch.Tensor | list[torch.Tensor]
         if stacked and fixed_size is not None:
             results = torch.empty((total, *per_image_shape, *fixed_size), dtype=torch.float32, device=output_device)
@@ -607,29 +671,23 @@ class Segmenter:
             stop = min(start + step, total)
             failure: str | None = None
             try:
-                chunk = self._masks_for_chunk(
-                    batch, start, stop, embeddings, len(positive), options, output_size, finish
-                )
+                chunk = self._masks_for_chunk(batch, start, stop, embeddings, plan, options, output_size)
             except (RuntimeError, MemoryError) as error:
-                if not _is_out_of_memory(error):
+                if not is_out_of_memory(error):
                     raise
-                failure = _first_line(error)
+                failure = first_line(error)
             if failure is not None:  # outside the except block, so the failed chunk's tensors can be freed
                 self._release_memory()
                 if step == 1:
                     which = batch.name if not batch.batched else f"{batch.name}[{start}]"
                     raise OutOfMemoryError(
-                        f"{which}: out of memory on {self.device} even one image at a time ({failure}). Try a "
-                        "smaller image or output_size, fewer prompts per call, a reduced precision (dtype='fast' "
-                        "or 'float16' on a GPU), or device='cpu'",
-                        device=str(self.device),
-                        detail=failure,
+                        out_of_memory_message(which, self.device, failure), device=str(self.device), detail=failure
                     ) from None
                 step = max(1, step // 2)
                 log.warning("out of memory on %s; retrying with batch size %d", self.device, step)
                 continue
             for offset, values in enumerate(chunk):
-                if single_prompt and not finish:
+                if squeeze:
                     values = values[0]
                 values = values.to(output_device)
                 if isinstance(results, torch.Tensor):
@@ -667,16 +725,15 @@ class Segmenter:
         start: int,
         stop: int,
         embeddings: torch.Tensor,
-        positive_count: int,
+        plan: TargetPlan | None,
         options: MaskOptions,
         output_size: tuple[int, int] | None,
-        finish: bool,
     ) -> list[torch.Tensor]:
-        """Images ``start..stop``: masks ``[H, W]`` (finish) or maps ``[P, H, W]``, one per image.
+        """Images ``start..stop``: finished masks ``[T, H, W]`` (``plan``) or maps ``[P, H, W]``, one per image.
 
         The vision tower runs once for the chunk; the decoder then runs over the prompts in groups small
-        enough to bound memory whatever the number of prompts, and ``finish`` folds each group into
-        running unions/intersections instead of keeping every prompt's map.
+        enough to bound memory whatever the number of prompts, and with a plan each group is folded into
+        running per-target unions/intersections instead of keeping every prompt's map.
         """
         levels = batch.levels(start, stop)
         sizes = [tuple(image.shape[-2:]) for image in levels]
@@ -689,37 +746,108 @@ class Segmenter:
                 reduced=tuple(r[indices] for r in features.reduced), sizes=[sizes[i] for i in indices]
             )
             step = self._prompts_per_pass(len(indices), size[0] * size[1], embeddings.shape[0])
+            folds = [_TargetFold(plan) if plan is not None else None for _ in indices]
             maps: list[list[torch.Tensor]] = [[] for _ in indices]
-            positive: list[torch.Tensor | None] = [None] * len(indices)
-            negative: list[torch.Tensor | None] = [None] * len(indices)
             for first in range(0, embeddings.shape[0], step):
                 logits = self.decode(group_features, embeddings[first : first + step])  # [k, g, S, S]
-                split = max(0, min(positive_count - first, logits.shape[1]))
                 # Image by image from here on (each step still batched over prompts and pixels): elementwise
                 # kernels treat a tensor's vector tail differently from its body, so a batched upsampling would
                 # make a mask's last bits depend on which images shared its chunk.
                 for k in range(len(indices)):
                     probs = self.probabilities(logits[k : k + 1], size, options.normalize)[0]  # [g, H, W]
-                    if not finish:
+                    fold = folds[k]
+                    if fold is None:
                         maps[k].append(probs)
-                        continue
-                    if split > 0:
-                        part = combine(probs[:split], options.combine, dim=0)
-                        known = positive[k]
-                        positive[k] = part if known is None else combine(torch.stack([known, part]), options.combine, 0)
-                    if split < probs.shape[0]:
-                        part = probs[split:].amax(dim=0)
-                        known = negative[k]
-                        negative[k] = part if known is None else torch.maximum(known, part)
+                    else:
+                        fold.add(probs, first)
                 del logits
             for k, i in enumerate(indices):
-                if not finish:
+                fold = folds[k]
+                if fold is None:
                     out[i] = torch.cat(maps[k])
-                    continue
-                kept, removed = positive[k], negative[k]
-                assert kept is not None
-                out[i] = finish_masks(kept[None, None], None if removed is None else removed[None, None], options)[0]
+                else:
+                    combined, negative = fold.result()
+                    out[i] = finish(combined, negative, options)
         return out  # type: ignore[return-value]
+
+
+class _TargetFold:
+    """Running per-target unions/intersections (and the negatives' union) of one image's maps, fed one prompt
+    group at a time, so that memory holds T maps rather than P."""
+
+    def __init__(self, plan: TargetPlan) -> None:
+        self.plan = plan
+        self.combined: list[torch.Tensor | None] = [None] * len(plan.targets)
+        self.negative: torch.Tensor | None = None
+
+    def add(self, probs: torch.Tensor, first: int) -> None:
+        """``probs`` ``[g, H, W]``: the maps of ``plan.prompts[first : first + g]``."""
+        last = first + probs.shape[0]
+        for t, (indices, mode) in enumerate(zip(self.plan.targets, self.plan.combines)):
+            inside = [i - first for i in indices if first <= i < last]
+            if inside:
+                part = combine(probs[inside], mode, dim=0)
+                known = self.combined[t]
+                self.combined[t] = part if known is None else combine(torch.stack([known, part]), mode, 0)
+        inside = [i - first for i in self.plan.negative if first <= i < last]
+        if inside:
+            part = probs[inside].amax(dim=0)
+            self.negative = part if self.negative is None else torch.maximum(self.negative, part)
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``([T, H, W] combined maps, [H, W] negatives' union or None)``."""
+        return torch.stack(self.combined), self.negative  # type: ignore[arg-type]
+
+
+class MaskStream:
+    """``frames [B, H, W, C] → masks [B, T, H, W]`` for consecutive frames of one video (see :meth:`Segmenter.stream`).
+
+    Temporal smoothing state is carried from call to call; call it with the frames in order.
+    """
+
+    def __init__(
+        self,
+        session: Segmenter,
+        plan: TargetPlan,
+        embeddings: torch.Tensor,
+        options: MaskOptions,
+        smoothing: float,
+        batch_size: int | None,
+    ) -> None:
+        self.session, self.plan, self.embeddings, self.options = session, plan, embeddings, options
+        self.smoothing, self.batch_size = smoothing, batch_size
+        self._state: torch.Tensor | None = None
+
+    def __call__(self, frames: Any) -> torch.Tensor:
+        maps = self.session._run(
+            frames, self.embeddings, None, self.options, None, self.batch_size, None, "cpu", False
+        )  # [B, P, H, W]
+        if isinstance(maps, list):  # frames of a list input: one size per video, so stack them
+            maps = torch.stack(maps)
+        if self.smoothing:
+            maps, self._state = smooth_temporal(maps, self.smoothing, self._state)
+        return finish_targets(maps, self.plan, self.options)
+
+
+def as_targets(targets: Any, default_combine: str = "union") -> list[tuple[Target, str]]:
+    """``targets=`` of :meth:`Segmenter.mask` → ``(Target, name in errors)`` pairs: a :class:`Target`, a list of
+    prompts (combined with ``default_combine``) or one prompt each."""
+    if isinstance(targets, Target) or is_single_prompt(targets):
+        targets = [targets]
+    try:
+        items = list(targets)
+    except TypeError:
+        raise PromptError(f"targets: expected a list of targets, got {type(targets).__name__}") from None
+    if not items:
+        raise PromptError("targets: give at least one target (a list of prompts)")
+    named = []
+    for index, item in enumerate(items):
+        name = f"targets[{index}]"
+        if isinstance(item, Target):
+            named.append((Target(tuple(as_prompt_list(list(item.prompts), name)), item.combine), name))
+        else:
+            named.append((Target(tuple(as_prompt_list(item, name)), default_combine), name))
+    return named
 
 
 _SESSIONS: dict[int, Segmenter] = {}
@@ -751,6 +879,23 @@ def load(
     if session is None or session.loaded is not loaded:
         session = _SESSIONS[id(loaded)] = Segmenter(loaded)
     return session
+
+
+def verify_model(folder: str | Path) -> str:
+    """Load weights and tokenizer from ``folder`` afresh (not from the process cache) and run one tiny mask.
+
+    Returns:
+        what was checked, in words.
+
+    Raises:
+        TextmaskError: the files do not load, or the test mask comes out wrong.
+    """
+    session = Segmenter(load_model(str(folder), device="cpu", dtype="float32", download=False, reuse=False))
+    mask = session.mask(np.zeros((32, 32, 3), dtype=np.uint8), "a cat")
+    if tuple(mask.shape) != (32, 32) or not bool(mask.isfinite().all()):
+        raise ModelLoadError(f"model folder {folder}: loads, but a test mask came out wrong ({tuple(mask.shape)})")
+    parameters = sum(p.numel() for p in session.model.parameters())
+    return f"weights ({parameters / 1e6:.1f} M parameters) and tokenizer load, and a test mask runs"
 
 
 def _torchvision_pixel_table(config: Any) -> torch.Tensor:

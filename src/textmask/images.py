@@ -55,40 +55,122 @@ def _plain_cmyk(image: PIL.Image.Image) -> PIL.Image.Image:  # noqa: F821
     return image
 
 
-def load_image(path: str | os.PathLike, name: str = "image") -> PIL.Image.Image:  # noqa: F821
+def load_image(
+    path: str | os.PathLike, name: str = "image", data: bytes | None = None
+) -> PIL.Image.Image:  # noqa: F821
     """Open an image file fully (decoded, EXIF-upright) or raise :class:`InputError` saying why not.
 
     Args:
-        path: the file.
+        path: the file; with ``data``, only what error messages call it (``"-"``: stdin).
         name: how to call this input in an error message (e.g. ``"images[3]"``).
+        data: the file's bytes, read from memory instead of ``path`` (an upload, stdin, an object store).
     """
+    import io
+
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
+    shown = "the data on stdin" if data is not None and str(path) == "-" else str(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            with Image.open(path if data is None else io.BytesIO(data)) as opened:
                 opened.load()
                 image = ImageOps.exif_transpose(_plain_cmyk(opened))
                 if image is opened:
                     image = opened.copy()
     except FileNotFoundError:
-        raise InputError(f"{name}: file not found: {path}") from None
+        raise InputError(f"{name}: file not found: {shown}") from None
     except IsADirectoryError:
-        raise InputError(f"{name}: {path} is a folder, not an image file") from None
+        raise InputError(f"{name}: {shown} is a folder, not an image file") from None
     except UnidentifiedImageError:
-        raise InputError(f"{name}: {path} is not an image Pillow can read") from None
+        raise InputError(f"{name}: {shown} is not an image Pillow can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InputError(
-            f"{name}: {path} is too large to open safely (over Image.MAX_IMAGE_PIXELS = "
+            f"{name}: {shown} is too large to open safely (over Image.MAX_IMAGE_PIXELS = "
             f"{Image.MAX_IMAGE_PIXELS:,} pixels); if you trust the file, raise PIL.Image.MAX_IMAGE_PIXELS"
         ) from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{name}: {path} is truncated or corrupt ({exc})") from None
+        raise InputError(f"{name}: {shown} is truncated or corrupt ({exc})") from None
     if image.width == 0 or image.height == 0:
-        raise InputError(f"{name}: {path} has zero size ({image.width}×{image.height})")
+        raise InputError(f"{name}: {shown} has zero size ({image.width}×{image.height})")
     return image
+
+
+def alpha_channel(image: Any) -> torch.Tensor | None:
+    """An image's own transparency as ``[H, W]`` (uint8 for PIL images; the array's dtype otherwise), or None
+    when it has none.
+
+    Args:
+        image: a PIL image (any mode; made upright from EXIF first), or a channels-last tensor/array
+            ``[H, W, C]`` (also ``[1, H, W, C]``) whose alpha is the last channel when C is 2 or 4.
+    """
+    if _is_pil(image):
+        from PIL import ImageOps
+
+        image = ImageOps.exif_transpose(image)
+        if "A" not in image.getbands() and "transparency" not in image.info and image.mode not in ("RGBa", "La"):
+            return None
+        return torch.from_numpy(np.array(image.convert("RGBA").getchannel("A"), dtype=np.uint8))
+    if isinstance(image, (np.ndarray, torch.Tensor)):
+        values = image[0] if image.ndim == 4 and image.shape[0] == 1 else image
+        if values.ndim != 3 or values.shape[-1] not in (2, 4):
+            return None
+        alpha = values[..., -1]
+        if isinstance(alpha, np.ndarray):
+            alpha = torch.from_numpy(np.ascontiguousarray(alpha))
+        return alpha.contiguous()
+    return None
+
+
+@dataclass
+class LoadedImage:
+    """A decoded input image, as the engine and the renderers take it.
+
+    Attributes:
+        levels: ``[H, W, 3]`` uint8 RGB, upright (what the engine sees).
+        alpha: ``[H, W]`` uint8 when the file has transparency, else None (kept in cut-outs).
+    """
+
+    levels: torch.Tensor
+    alpha: torch.Tensor | None
+
+
+def read_image(source: str | os.PathLike | Any, name: str | None = None, data: bytes | None = None) -> LoadedImage:
+    """Read one image into colour levels and its transparency: a file, its bytes, or a decoded image.
+
+    Args:
+        source: a path (with ``data``: what the bytes are called in messages, ``"-"`` for stdin), or an
+            already decoded image (PIL, or a channels-last array such as a ``ray.data.read_images`` row).
+        name: how to call it in errors (default: the file name).
+        data: the file's bytes (an upload, stdin, an object store), decoded from memory.
+
+    Raises:
+        InputError: naming the input and what is wrong with it.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        label = name or ("stdin" if str(source) == "-" else Path(source).name)
+        image = load_image(source, label, data)
+        where = os.fspath(source)
+    else:
+        image, where = source, name or "image"
+    if isinstance(image, np.ndarray) and image.ndim == 3 and image.shape[-1] in (2, 4) and image.dtype != np.uint8:
+        alpha = None  # a float or 16-bit alpha has no 8-bit cut-out meaning; only uint8 arrays keep theirs
+    else:
+        alpha = alpha_channel(image)
+    levels = to_levels(image, where).permute(1, 2, 0).contiguous()
+    return LoadedImage(levels=levels, alpha=alpha)
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    """``[H, W]`` uint8/uint16 (grey) or ``[H, W, 3|4]`` uint8 (RGB/RGBA) → the bytes of a PNG file."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
 
 
 def _pil_to_array(image: PIL.Image.Image, name: str = "image") -> np.ndarray:  # noqa: F821

@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from typing import Any
 import torch
 
 from .constants import DEFAULT_MODEL, IMAGENET_MEAN, IMAGENET_STD, RANDOM_SOURCES
-from .errors import ModelLoadError, ModelNotFoundError
+from .errors import ModelLoadError, ModelNotFoundError, first_line
 
 log = logging.getLogger("textmask")
 
@@ -224,28 +225,42 @@ def _snapshot_in(folder: Path) -> Path | None:
     return snapshots[-1].parent if snapshots else None
 
 
-def locate_model(source: str = DEFAULT_MODEL, cache_dir: str | Path | None = None, download: bool = True) -> Path:
+def locate_model(
+    source: str = DEFAULT_MODEL,
+    cache_dir: str | Path | None = None,
+    download: bool = True,
+    search_dirs: Sequence[str | Path] = (),
+) -> Path:
     """Resolve a model source to a local folder holding ``config.json`` (downloading only if needed).
+
+    Looks, in this order: a random model (``random-tiny``/``random-full``, built once); an absolute folder; a
+    folder of that name in each of ``search_dirs`` (ComfyUI's ``models/clipseg`` folders); a folder relative to
+    the working directory; for a hub id, the Hugging Face cache in each of ``search_dirs``, then in
+    ``cache_dir``, then the default cache; last, a download into ``cache_dir`` (else the first of
+    ``search_dirs``, else the default cache), only when ``download`` and online.
+
+    Args:
+        source: hub id (``ORG/NAME``), folder (``save_pretrained`` layout, or a ``models--ORG--NAME`` cache folder).
+        cache_dir: Hugging Face cache to look in and download to.
+        download: allow a download when the weights are not cached.
+        search_dirs: more folders holding models (by folder name or in Hugging Face cache layout).
 
     Raises:
         ModelNotFoundError: naming the source, where it was looked for, and how to get the weights.
     """
-    source = str(source).strip()
+    source = str(source).strip() or DEFAULT_MODEL
+    roots = [Path(folder).expanduser() for folder in search_dirs]
     cache = Path(cache_dir).expanduser() if cache_dir else None
+    target = cache or (roots[0] if roots else None)  # where a download goes
     if source in RANDOM_SOURCES:
         from .testmodels import ensure_random_model
 
         return ensure_random_model(source)
     path = Path(source).expanduser()
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            return path
-        if path.name.startswith("models--") and (snapshot := _snapshot_in(path)) is not None:
-            return snapshot
-        raise ModelNotFoundError(
-            f"model {source!r}: the folder exists but holds no config.json (nor a Hugging Face snapshot). "
-            f"A model folder is what `save_pretrained` writes. {_how_to_get(DEFAULT_MODEL, cache)}"
-        )
+    candidates = [path] if path.is_absolute() else [*(root / source for root in roots), path]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return _model_folder(candidate, source, target)
     if path.exists():
         raise ModelNotFoundError(f"model {source!r} is a file; pass the folder that holds config.json")
     looks_like_path = (
@@ -253,31 +268,91 @@ def locate_model(source: str = DEFAULT_MODEL, cache_dir: str | Path | None = Non
         or os.sep in source.replace("/", "", 1)
         or (len(source) > 1 and source[1] == ":")
     )
+    where = "".join(f", {root}" for root in roots)
     if looks_like_path or not _REPO_ID.match(source):
         raise ModelNotFoundError(
-            f"model {source!r}: no such folder, and it is not a Hugging Face id (ORG/NAME). "
-            f"Check the path. {_how_to_get(DEFAULT_MODEL, cache)}"
+            f"model {source!r}: no such folder (looked in the working directory{where}), and it is not a Hugging "
+            f"Face id (ORG/NAME). Check the path. {_how_to_get(DEFAULT_MODEL, target)}"
         )
     from huggingface_hub import snapshot_download
 
-    cache_arg = str(cache) if cache else None
-    try:
-        return Path(snapshot_download(source, cache_dir=cache_arg, local_files_only=True, allow_patterns=_HUB_PATTERNS))
-    except Exception:
-        pass
-    searched = f"the Hugging Face cache ({cache or 'default: ~/.cache/huggingface/hub'})"
+    caches = list(dict.fromkeys([*roots, *([cache] if cache else []), None]))
+    for folder in caches:
+        try:
+            found = snapshot_download(
+                source, cache_dir=str(folder) if folder else None, local_files_only=True, allow_patterns=_HUB_PATTERNS
+            )
+            return Path(found)
+        except Exception:
+            continue
+    shown = ", ".join(str(folder) for folder in caches if folder)
+    default = "the default: ~/.cache/huggingface/hub"
+    searched = "the Hugging Face cache (" + (f"{shown} and " if shown else "") + f"{default})"
     if _hub_offline() or not download:
         why = "HF_HUB_OFFLINE is set" if _hub_offline() else "downloads are disabled"
-        raise ModelNotFoundError(f"model {source!r} is not in {searched} and {why}. {_how_to_get(source, cache)}")
+        raise ModelNotFoundError(f"model {source!r} is not in {searched} and {why}. {_how_to_get(source, target)}")
     try:
-        log.info("downloading %s into %s", source, cache or "the Hugging Face cache")
-        return Path(snapshot_download(source, cache_dir=cache_arg, allow_patterns=_HUB_PATTERNS, etag_timeout=10))
+        log.info("downloading %s into %s", source, target or "the Hugging Face cache")
+        return Path(
+            snapshot_download(
+                source, cache_dir=str(target) if target else None, allow_patterns=_HUB_PATTERNS, etag_timeout=10
+            )
+        )
     except Exception as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelNotFoundError(
-            f"model {source!r} is not in {searched} and could not be downloaded ({reason}). "
-            f"{_how_to_get(source, cache)}"
+            f"model {source!r} is not in {searched} and could not be downloaded ({first_line(exc)}). "
+            f"{_how_to_get(source, target)}"
         ) from None
+
+
+def _model_folder(folder: Path, source: str, target: Path | None) -> Path:
+    """An existing folder → the model folder in it (itself, or the snapshot of a ``models--ORG--NAME`` cache)."""
+    if (folder / "config.json").is_file():
+        return folder
+    if folder.name.startswith("models--") and (snapshot := _snapshot_in(folder)) is not None:
+        return snapshot
+    raise ModelNotFoundError(
+        f"model {source!r}: the folder {folder} exists but holds no config.json (nor a Hugging Face snapshot). "
+        f"A model folder is what `save_pretrained` writes. {_how_to_get(DEFAULT_MODEL, target)}"
+    )
+
+
+def download_model(source: str = DEFAULT_MODEL, cache_dir: str | Path | None = None) -> tuple[Path, str]:
+    """Make a model's files present locally: download a hub id (safetensors, configs, tokenizer) into the
+    Hugging Face cache (``cache_dir``: e.g. ComfyUI's ``models/clipseg``), build a random model, or find a folder.
+
+    Returns:
+        ``(folder, what happened)``: "downloaded (or already complete)", "built", "found", or "already
+        present" with the reason nothing was downloaded (offline, hub unreachable).
+
+    Raises:
+        ModelNotFoundError: neither downloadable nor present, saying why and what to do.
+    """
+    source = str(source).strip()
+    if source in RANDOM_SOURCES or Path(source).expanduser().is_dir():
+        return locate_model(source, cache_dir=cache_dir, download=False), (
+            "built" if source in RANDOM_SOURCES else "found"
+        )
+    if _hub_offline():  # raises a clear error if absent
+        folder = locate_model(source, cache_dir=cache_dir, download=False)
+        return folder, "already present (offline: nothing downloaded)"
+    from huggingface_hub import snapshot_download
+
+    cache_arg = str(Path(cache_dir).expanduser()) if cache_dir else None
+    try:
+        return Path(snapshot_download(source, cache_dir=cache_arg, allow_patterns=_HUB_PATTERNS)), (
+            "downloaded (or already complete)"
+        )
+    except Exception as exc:
+        reason = first_line(exc)
+    try:  # the hub is unreachable, but a complete copy may already be here
+        folder = locate_model(source, cache_dir=cache_dir, download=False)
+    except ModelNotFoundError:
+        raise ModelNotFoundError(
+            f"could not download {source!r} ({reason}). Check the model id and the network (proxy: HTTPS_PROXY); "
+            "on an offline machine copy a model folder over and pass its path as the model."
+        ) from None
+    return folder, f"already present (the hub could not be reached: {reason})"
 
 
 # --------------------------------------------------------------------------------------------- load

@@ -1,25 +1,30 @@
-"""Mask post-processing: pure, batched tensor functions, shared by every face.
+"""Mask post-processing and rendering: pure, batched tensor functions, shared by every face.
 
 All functions take and return float tensors whose last two dimensions are ``[H, W]`` (any leading
-dimensions, e.g. ``[B, H, W]`` or ``[B, P, H, W]``), values in [0, 1], on any device. None of them
-loops over images in Python. :class:`MaskOptions` bundles the user-facing settings and
-:func:`finish_masks` applies them in one fixed order:
+dimensions, e.g. ``[B, H, W]`` or ``[B, T, H, W]``), values in [0, 1], on any device. :class:`MaskOptions`
+bundles the user-facing settings; a :class:`Target` is one mask to make (prompts and how to combine them),
+a :class:`TargetPlan` the unique prompts of several targets, and :func:`finish_targets` turns per-prompt maps
+into one finished mask per target, in one fixed order:
 
-    normalize each prompt's map → combine prompts → subtract negative prompts → threshold
+    normalize each prompt's map → combine each target's prompts → subtract negative prompts → threshold
     → grow/shrink → blur → feather → invert
+
+Rendering (:func:`mask_levels`, :func:`overlay`, :func:`cutout`, :func:`render`) turns masks into what the faces
+show or write, with one heat-map colour ramp (:func:`heat_colours`) for every face.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-NORMALIZE_MODES = ("none", "minmax", "seed")
-COMBINE_MODES = ("union", "intersection")
+from .constants import COMBINE_MODES, NORMALIZE_MODES, OUTPUT_KINDS
+
 MAX_BLUR_PIXELS = 1024  # largest blur / feather MaskOptions accepts (their kernels are 6 × that wide)
 _FLAT = 1e-6
 
@@ -148,23 +153,40 @@ def gaussian_kernel1d(sigma: float, dtype: torch.dtype = torch.float32, device: 
     return (taps / taps.sum()).to(dtype=dtype, device=device)
 
 
-def gaussian_blur(mask: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur with standard deviation ``sigma`` pixels (edges replicated).
+def blur_planes(values: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of every ``[H, W]`` plane, standard deviation ``sigma`` pixels (edges replicated),
+    values in any range.
+
+    One plane per convolution call: batched convolutions choose their algorithm by batch size, and a plane's
+    result must not depend on which others shared the call (masks are batch-invariant to the bit).
 
     Args:
-        mask: ``[..., H, W]``.
+        values: ``[..., H, W]`` float.
+        sigma: in pixels; 0 returns ``values`` unchanged.
+    """
+    if sigma <= 0 or values.numel() == 0:
+        return values
+    flat, shape = _as_nchw(values)
+    taps = gaussian_kernel1d(sigma, dtype=flat.dtype, device=flat.device)
+    radius = taps.numel() // 2
+    rows, columns = taps.view(1, 1, 1, -1), taps.view(1, 1, -1, 1)
+    out = torch.empty_like(flat)
+    for index in range(flat.shape[0]):
+        plane = F.conv2d(F.pad(flat[index : index + 1], (radius, radius, 0, 0), mode="replicate"), rows)
+        out[index : index + 1] = F.conv2d(F.pad(plane, (0, 0, radius, radius), mode="replicate"), columns)
+    return out.reshape(shape)
+
+
+def gaussian_blur(mask: torch.Tensor, sigma: float) -> torch.Tensor:
+    """:func:`blur_planes` of a mask, clamped to [0, 1].
+
+    Args:
+        mask: ``[..., H, W]`` in [0, 1].
         sigma: in pixels; 0 returns the mask unchanged.
     """
     if sigma <= 0:
         return mask
-    flat, shape = _as_nchw(mask)
-    taps = gaussian_kernel1d(sigma, dtype=flat.dtype, device=flat.device)
-    radius = taps.numel() // 2
-    padded = F.pad(flat, (radius, radius, 0, 0), mode="replicate")
-    out = F.conv2d(padded, taps.view(1, 1, 1, -1))
-    padded = F.pad(out, (0, 0, radius, radius), mode="replicate")
-    out = F.conv2d(padded, taps.view(1, 1, -1, 1))
-    return out.reshape(shape).clamp(0.0, 1.0)
+    return blur_planes(mask, sigma).clamp(0.0, 1.0)
 
 
 def feather(mask: torch.Tensor, pixels: float) -> torch.Tensor:
@@ -240,20 +262,79 @@ class MaskOptions:
         return replace(base or cls(), **kwargs)
 
 
-def finish_masks(positive: torch.Tensor, negative: torch.Tensor | None, options: MaskOptions) -> torch.Tensor:
-    """Turn normalized per-prompt maps into final masks (everything after normalization).
+@dataclass(frozen=True)
+class Target:
+    """One mask to make: the pixel-wise ``combine`` of its prompts' maps (union: any prompt; intersection: all).
+
+    Attributes:
+        prompts: one or more prompts (texts, example images, blends).
+        combine: ``"union"`` or ``"intersection"``.
+    """
+
+    prompts: tuple[Any, ...]
+    combine: str = "union"
+
+    def __post_init__(self) -> None:
+        if not self.prompts:
+            raise ValueError("a target needs at least one prompt")
+        if self.combine not in COMBINE_MODES:
+            raise ValueError(f"combine: {self.combine!r} is not one of {COMBINE_MODES}")
+
+
+@dataclass(frozen=True)
+class TargetPlan:
+    """The unique prompts of several targets (plus negative prompts) and where each target's prompts sit.
+
+    The engine encodes and decodes each unique prompt once, whatever the number of targets that use it.
+
+    Attributes:
+        prompts: unique positive prompts in target order, then the negative prompts not among them.
+        targets: per target, the indices of its prompts in ``prompts``.
+        combines: per target, its combine mode.
+        negative: indices of the negative prompts.
+    """
+
+    prompts: tuple[Any, ...]
+    targets: tuple[tuple[int, ...], ...]
+    combines: tuple[str, ...]
+    negative: tuple[int, ...]
+
+    @classmethod
+    def build(cls, targets: Sequence[Target], negative_prompts: Sequence[Any] = ()) -> TargetPlan:
+        unique = list(dict.fromkeys([p for t in targets for p in t.prompts] + list(negative_prompts)))
+        where = {p: i for i, p in enumerate(unique)}
+        return cls(
+            prompts=tuple(unique),
+            targets=tuple(tuple(dict.fromkeys(where[p] for p in t.prompts)) for t in targets),
+            combines=tuple(t.combine for t in targets),
+            negative=tuple(dict.fromkeys(where[p] for p in negative_prompts)),
+        )
+
+
+def finish(
+    combined: torch.Tensor,
+    negative: torch.Tensor | None,
+    options: MaskOptions,
+    refine: Any = None,
+) -> torch.Tensor:
+    """Everything after the targets are combined: subtract negatives, refine, threshold, grow/shrink, blur,
+    feather, invert.
 
     Args:
-        positive: ``[B, P, H, W]`` maps of the P prompts, in [0, 1].
-        negative: ``[B, N, H, W]`` maps of N negative prompts, or None.
-        options: the settings; ``options.normalize`` is assumed already applied.
+        combined: ``[..., H, W]`` each target's combined map, in [0, 1] (e.g. ``[B, T, H, W]``).
+        negative: the negative prompts' union, broadcastable to ``combined`` (``[B, 1, H, W]``), or None.
+        options: the settings (``normalize`` and ``combine`` are already applied).
+        refine: ``refine(masks) -> masks`` applied after the negatives and before the threshold, when
+            ``options`` asks for refinement (it holds the guiding images); None skips it.
 
     Returns:
-        ``[B, H, W]`` float in [0, 1].
+        ``[..., H, W]`` float in [0, 1].
     """
-    mask = combine(positive, options.combine, dim=1)
-    if negative is not None and negative.shape[1] > 0:
-        mask = subtract(mask, negative.amax(dim=1))
+    mask = combined
+    if negative is not None:
+        mask = subtract(mask, negative)
+    if refine is not None:
+        mask = refine(mask)
     if options.threshold is not None:
         mask = threshold(mask, float(options.threshold), float(options.threshold_softness))
     mask = grow(mask, int(options.grow))
@@ -264,7 +345,63 @@ def finish_masks(positive: torch.Tensor, negative: torch.Tensor | None, options:
     return mask
 
 
+def combine_targets(probs: torch.Tensor, plan: TargetPlan) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-prompt maps → each target's combined map and the negatives' union.
+
+    Args:
+        probs: ``[B, P, H, W]`` maps of ``plan.prompts``.
+
+    Returns:
+        ``([B, T, H, W], [B, 1, H, W] or None)``.
+    """
+    combined = torch.stack(
+        [combine(probs[:, list(idx)], mode, dim=1) for idx, mode in zip(plan.targets, plan.combines)], dim=1
+    )
+    negative = probs[:, list(plan.negative)].amax(dim=1, keepdim=True) if plan.negative else None
+    return combined, negative
+
+
+def finish_targets(probs: torch.Tensor, plan: TargetPlan, options: MaskOptions, refine: Any = None) -> torch.Tensor:
+    """Per-prompt probabilities → one finished mask per target.
+
+    Args:
+        probs: ``[B, P, H, W]`` maps of ``plan.prompts`` (already normalized as ``options.normalize`` says).
+        plan: which prompts make which target, and the negatives.
+        options: post-processing (threshold, grow, blur, feather, invert).
+        refine: see :func:`finish`.
+
+    Returns:
+        ``[B, T, H, W]`` float32 in [0, 1], what :meth:`Segmenter.mask` gives for these targets.
+    """
+    combined, negative = combine_targets(probs, plan)
+    return finish(combined, negative, options, refine)
+
+
+def finish_masks(positive: torch.Tensor, negative: torch.Tensor | None, options: MaskOptions) -> torch.Tensor:
+    """Turn normalized per-prompt maps into final masks: one target of all P prompts (``options.combine``).
+
+    Args:
+        positive: ``[B, P, H, W]`` maps of the P prompts, in [0, 1].
+        negative: ``[B, N, H, W]`` maps of N negative prompts, or None.
+        options: the settings; ``options.normalize`` is assumed already applied.
+
+    Returns:
+        ``[B, H, W]`` float in [0, 1].
+    """
+    mask = combine(positive, options.combine, dim=1)
+    removed = negative.amax(dim=1) if negative is not None and negative.shape[1] > 0 else None
+    return finish(mask, removed, options)
+
+
 # -------------------------------------------------------------------------------------------- time
+def check_smoothing(strength: float) -> float:
+    """A temporal smoothing strength, checked to be in [0, 1)."""
+    strength = float(strength)
+    if not 0.0 <= strength < 1.0:
+        raise ValueError(f"smoothing strength: must be in [0, 1), got {strength}")
+    return strength
+
+
 def smooth_temporal(
     maps: torch.Tensor, strength: float, previous: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -282,9 +419,7 @@ def smooth_temporal(
     Returns:
         ``(smoothed [T, ...], last smoothed frame to pass as ``previous`` for the next chunk)``.
     """
-    strength = float(strength)
-    if not 0.0 <= strength < 1.0:
-        raise ValueError(f"smoothing strength: must be in [0, 1), got {strength}")
+    strength = check_smoothing(strength)
     if strength == 0.0 or maps.shape[0] == 0:
         return maps, (maps[-1] if maps.shape[0] else previous)
     out = torch.empty_like(maps)
@@ -295,29 +430,64 @@ def smooth_temporal(
     return out, state
 
 
-# ------------------------------------------------------------------------------------------ previews
-def heatmap_colors(mask: torch.Tensor) -> torch.Tensor:
-    """Colour a mask with a jet-like map (0 → dark blue, 0.5 → green, 1 → dark red).
+# ----------------------------------------------------------------------------------------- rendering
+# The heat-map colour ramp of every face (CLI overlays, ComfyUI previews, the web page): dark purple → red →
+# orange → yellow → pale yellow, perceptually ordered, in 8-bit levels.
+HEAT_STOPS = ((40, 10, 90), (150, 30, 110), (230, 60, 50), (250, 150, 30), (255, 235, 120))
+
+
+def heat_colours(masks: torch.Tensor) -> torch.Tensor:
+    """``[..., H, W]`` in [0, 1] → ``[..., H, W, 3]`` float RGB levels in [0, 255] along :data:`HEAT_STOPS`."""
+    stops = torch.tensor(HEAT_STOPS, dtype=torch.float32, device=masks.device)
+    position = masks.float().clamp(0.0, 1.0) * (len(stops) - 1)
+    low = position.floor().long().clamp(max=len(stops) - 2)
+    fraction = (position - low)[..., None]
+    return stops[low] * (1.0 - fraction) + stops[low + 1] * fraction
+
+
+def mask_levels(masks: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Masks in [0, 1] → integer levels, rounded: uint8 (``bits=8``) or int32 holding 0..65535 (``bits=16``).
 
     Args:
-        mask: ``[..., H, W]`` in [0, 1].
+        masks: ``[..., H, W]`` float.
+    """
+    if bits not in (8, 16):
+        raise ValueError(f"bits: must be 8 or 16, got {bits}")
+    top = 255.0 if bits == 8 else 65535.0
+    levels = torch.round(masks.float().clamp(0.0, 1.0) * top)
+    return levels.to(torch.uint8) if bits == 8 else levels.to(torch.int32)
+
+
+def overlay(images: torch.Tensor, masks: torch.Tensor, opacity: float = 0.6) -> torch.Tensor:
+    """Heat-map overlay: where the mask is high the image is tinted with the heat colour, elsewhere untouched.
+
+    Args:
+        images: ``[..., H, W, 3]`` uint8 levels, or float in [0, 1].
+        masks: ``[..., H, W]`` in [0, 1].
+        opacity: tint strength at mask 1, in [0, 1].
 
     Returns:
-        ``[..., H, W, 3]`` RGB in [0, 1].
+        ``[..., H, W, 3]``: uint8 for uint8 images, else float32 in [0, 1].
     """
-    x = mask.clamp(0.0, 1.0)[..., None]
-    centres = torch.tensor([0.75, 0.5, 0.25], dtype=x.dtype, device=x.device)  # R, G, B peaks
-    return (1.5 - (4.0 * (x - centres)).abs()).clamp(0.0, 1.0)
+    if not 0.0 <= float(opacity) <= 1.0:
+        raise ValueError(f"opacity: must be in [0, 1], got {opacity}")
+    weight = (masks.float().clamp(0.0, 1.0) * opacity)[..., None]
+    if images.dtype == torch.uint8:
+        mixed = images.float() * (1.0 - weight) + heat_colours(masks) * weight
+        return torch.round(mixed).clamp(0, 255).to(torch.uint8)
+    mixed = images.float() * (1.0 - weight) + (heat_colours(masks) / 255.0) * weight
+    return mixed.clamp(0.0, 1.0)
 
 
 def heatmap_overlay(images: torch.Tensor, masks: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
-    """Blend a heat-map of ``masks`` over ``images`` for previews: ``(1 - alpha) image + alpha colour(mask)``.
+    """:func:`overlay` for previews of a batch (ComfyUI's IMAGE): grey and RGBA images, masks of another size
+    or batch.
 
     Args:
         images: ``[B, H, W, C]`` float in [0, 1], C = 1 (grey), 3 (RGB) or 4 (alpha is dropped).
         masks: ``[B, H, W]`` or ``[H, W]`` in [0, 1]; resized (bilinear) to the images' size if it differs; a
             batch of one is repeated over the images and vice versa.
-        alpha: weight of the heat-map in [0, 1].
+        alpha: the heat colour's opacity at mask 1, in [0, 1].
 
     Returns:
         ``[max(B_images, B_masks), H, W, 3]`` float32 in [0, 1].
@@ -337,5 +507,42 @@ def heatmap_overlay(images: torch.Tensor, masks: torch.Tensor, alpha: float = 0.
         count = max(masks.shape[0], rgb.shape[0])
         masks = masks.expand(count, -1, -1)
         rgb = rgb.expand(count, -1, -1, -1)
-    blended = (1.0 - alpha) * rgb + alpha * heatmap_colors(masks)
-    return blended.clamp(0.0, 1.0)
+    return overlay(rgb, masks, float(alpha))
+
+
+def cutout(images: torch.Tensor, masks: torch.Tensor, alpha: torch.Tensor | None = None) -> torch.Tensor:
+    """RGBA cut-out: the image's colours with the mask as alpha (times the image's own alpha, if any).
+
+    Args:
+        images: ``[..., H, W, 3]`` uint8.
+        masks: ``[..., H, W]`` in [0, 1].
+        alpha: ``[..., H, W]`` uint8 existing transparency, or None.
+
+    Returns:
+        ``[..., H, W, 4]`` uint8.
+    """
+    coverage = masks.float().clamp(0.0, 1.0)
+    if alpha is not None:
+        coverage = coverage * (alpha.float() / 255.0)
+    levels = torch.round(coverage * 255.0).to(torch.uint8)
+    return torch.cat([images, levels[..., None]], dim=-1)
+
+
+def render(
+    kind: str, images: torch.Tensor, masks: torch.Tensor, alpha: torch.Tensor | None = None, bits: int = 8
+) -> torch.Tensor:
+    """One output kind: ``"mask"`` → ``[..., H, W]`` levels (:func:`mask_levels`), ``"overlay"`` →
+    ``[..., H, W, 3]`` uint8, ``"cutout"`` → ``[..., H, W, 4]`` uint8.
+
+    Args:
+        images: ``[..., H, W, 3]`` uint8 (unused for masks).
+        masks: ``[..., H, W]`` in [0, 1].
+        alpha: the images' own transparency ``[..., H, W]`` uint8 (cut-outs keep it), or None.
+    """
+    if kind == "mask":
+        return mask_levels(masks, bits)
+    if kind == "overlay":
+        return overlay(images, masks)
+    if kind == "cutout":
+        return cutout(images, masks, alpha)
+    raise ValueError(f"output kind: {kind!r} is not one of {OUTPUT_KINDS}")

@@ -36,7 +36,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,8 +46,8 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InputError, PromptError
-from .images import _array_to_tensor, _is_pil, load_image, to_levels
-from .postprocess import gaussian_kernel1d
+from .images import _array_to_tensor, _is_pil, alpha_channel, load_image, to_levels
+from .postprocess import blur_planes
 
 __all__ = [
     "Blend",
@@ -55,10 +55,13 @@ __all__ = [
     "Prompt",
     "TextPrompt",
     "average",
+    "build_prompts",
     "check_prompt",
     "combine_prompts",
     "examples",
     "parse_prompt",
+    "prompt_label",
+    "unique_prompts",
 ]
 
 IMAGE_PREFIX = "image:"
@@ -293,6 +296,130 @@ def combine_prompts(
     return [Blend([text, example], weights=[1.0, weight]) for text in texts]
 
 
+# ------------------------------------------------------------------------------- command lines
+def build_prompts(
+    specs: Sequence[str] = (),
+    examples: Sequence[str | os.PathLike] = (),
+    example_masks: Sequence[str | os.PathLike] = (),
+    *,
+    blend: bool = False,
+    example_weight: float = 1.0,
+    name: str = "prompt",
+    **image_settings: Any,
+) -> list[Prompt]:
+    """Command-line prompts → checked prompts (text, example images, or one blend of them).
+
+    Args:
+        specs: prompt strings (:func:`textmask.prompts.parse_prompt`): text, ``"image:PATH"`` (an example
+            image), or ``"text:..."`` (a literal text, e.g. one that starts with ``image:``).
+        examples: more example image files, after those among ``specs``.
+        example_masks: masks of the examples (white = object): a file, ``"alpha"`` (the example's own
+            transparency) or ``"none"``. One for every example, or one per example in order (the ``image:``
+            specs first, then ``examples``).
+        blend: average all the prompts into one (:class:`~textmask.prompts.Blend`): texts weigh 1, examples
+            ``example_weight``.
+        example_weight: an example's weight against a text in the blend.
+        name: what to call the prompts in errors (``"prompt"``, ``"negative prompt"``).
+        image_settings: :class:`~textmask.prompts.ImagePrompt` fields (``background``, ``blur``, ``crop``...).
+
+    Returns:
+        the prompts in order, without repeats (same text, or same example file with the same mask).
+        Example files and masks have been read and checked (:func:`textmask.prompts.check_prompt`).
+
+    Raises:
+        PromptError: an empty text, a missing or unreadable example or mask, a mask count that fits no example.
+    """
+    parsed = [(spec, parse_prompt(spec)) for spec in specs]
+    for spec, prompt in parsed:
+        if isinstance(prompt, str) and not prompt.strip():
+            raise PromptError(f"{name} {spec!r} is empty; describe what to mask, e.g. 'a cat'")
+    example_specs = [spec for spec, prompt in parsed if isinstance(prompt, ImagePrompt)]
+    example_specs += [IMAGE_PREFIX + os.fspath(path) for path in examples]
+    masks = [os.fspath(mask) for mask in example_masks]
+    if masks and not example_specs:
+        raise PromptError(f"{len(masks)} example mask(s) but no example image; add one with image:PATH")
+    if len(masks) == 1:
+        masks *= len(example_specs)
+    elif masks and len(masks) != len(example_specs):
+        raise PromptError(
+            f"{len(masks)} example masks for {len(example_specs)} example images; give one mask for all, "
+            "or one per example (image: prompts first, then the other examples)"
+        )
+    masks = masks or ["none"] * len(example_specs)
+    settings = dict(image_settings, weight=example_weight)
+
+    def example(spec: str, mask: str) -> ImagePrompt:
+        given = None if mask.lower() == "none" else ("alpha" if mask.lower() == "alpha" else Path(mask))
+        prompt = parse_prompt(spec, mask=given, **settings)
+        shown = spec[len(IMAGE_PREFIX) :] + ("" if given is None else f" (mask {mask})")
+        check_prompt(prompt, f"{name} example {shown}")
+        assert isinstance(prompt, ImagePrompt)
+        return prompt
+
+    pairs = iter(zip(example_specs, masks))
+    prompts: list[Prompt] = []
+    for _, prompt in parsed:
+        prompts.append(example(*next(pairs)) if isinstance(prompt, ImagePrompt) else prompt)
+    prompts += [example(spec, mask) for spec, mask in pairs]
+    unique = list(unique_prompts(prompts).values())
+    if blend and len(unique) > 1:
+        return [Blend(unique)]  # each item's own weight: 1 for a text, example_weight for an example
+    return unique
+
+
+def unique_prompts(prompts: Iterable[Any]) -> dict[str, Any]:
+    """``{prompt_label: prompt}`` in order, the first of repeats kept (repeats: same text, same example file
+    with the same mask, same in-memory content)."""
+    unique: dict[str, Any] = {}
+    for prompt in prompts:
+        unique.setdefault(prompt_label(prompt), prompt)
+    return unique
+
+
+def _content_hash(value: Any) -> str:
+    """A short hash of an in-memory image or mask (tensor, array, PIL image)."""
+    if _is_pil(value):
+        return short_hash(f"{value.mode}{value.size}") + _hash_bytes(value.tobytes())
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        data = tensor.view(-1).view(torch.uint8).numpy()
+        return short_hash(f"{tensor.dtype}{tuple(tensor.shape)}") + _hash_bytes(data)
+    return short_hash(repr(value))
+
+
+def _hash_bytes(data: Any) -> str:
+    return hashlib.sha1(data).hexdigest()[:8]
+
+
+def _source_label(value: Any) -> str:
+    return os.fspath(value) if isinstance(value, (str, os.PathLike)) else "#" + _content_hash(value)
+
+
+def prompt_label(prompt: Any) -> str:
+    """A prompt's identity as text, stable from run to run: the text itself, ``image:PATH`` (plus
+    ``|mask:PATH``) for an example, ``blend(w*label, ...)`` for a blend. In-memory images count by content."""
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, TextPrompt):
+        return prompt.text
+    if isinstance(prompt, Blend):
+        items = ", ".join(f"{w:g}*{prompt_label(p)}" for p, w in zip(prompt.prompts, prompt.item_weights()))
+        return f"blend({items})"
+    if isinstance(prompt, ImagePrompt):
+        label = IMAGE_PREFIX + _source_label(prompt.image)
+        return label if prompt.mask is None else f"{label}|mask:{_source_label(prompt.mask)}"
+    return IMAGE_PREFIX + _source_label(prompt)  # a bare image
+
+
+
+
+def short_hash(text: str) -> str:
+    """The first 8 hex digits of the SHA-1 of ``text``: a stable, short name part."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+
+
 # --------------------------------------------------------------------------------- normalizing
 def _is_bare_image(value: Any) -> bool:
     return _is_pil(value) or isinstance(value, (os.PathLike, np.ndarray, torch.Tensor))
@@ -433,25 +560,15 @@ def _read_mask(mask: Any, name: str) -> torch.Tensor:
 def _read_alpha(image: Any, name: str) -> torch.Tensor:
     """The example's own alpha channel as ``[H, W]`` float in [0, 1]."""
     image = _open_file(image, name)
-    if _is_pil(image):
-        from PIL import ImageOps
-
-        image = ImageOps.exif_transpose(image)
-        has_alpha = "A" in image.getbands() or (image.mode == "P" and "transparency" in image.info)
-        if not has_alpha:
-            raise PromptError(f"{name}: mask='alpha' but the example image ({image.mode}) has no alpha channel")
-        return torch.from_numpy(np.asarray(image.convert("RGBA"))[..., 3].copy()).float() / 255.0
     if isinstance(image, np.ndarray):
         image = _array_as_tensor(image, name)
-    if isinstance(image, torch.Tensor):
-        values = image[0] if image.dim() == 4 and image.shape[0] == 1 else image
-        if values.dim() != 3 or values.shape[-1] not in (2, 4):
-            raise PromptError(
-                f"{name}: mask='alpha' needs an example with an alpha channel (C = 2 or 4), got shape "
-                f"{list(image.shape)}"
-            )
-        return _float_mask(values[..., -1], name)
-    raise PromptError(f"{name}: mask='alpha' needs a tensor, array, PIL image or file with an alpha channel")
+    if not (_is_pil(image) or isinstance(image, torch.Tensor)):
+        raise PromptError(f"{name}: mask='alpha' needs a tensor, array, PIL image or file with an alpha channel")
+    alpha = alpha_channel(image)
+    if alpha is None:
+        shown = f"the example image ({image.mode})" if _is_pil(image) else f"the example (shape {list(image.shape)})"
+        raise PromptError(f"{name}: mask='alpha' but {shown} has no alpha channel (RGBA, LA, or C = 2 or 4)")
+    return _float_mask(alpha, name)
 
 
 def _bounding_box(mask: torch.Tensor, context: float, name: str) -> tuple[int, int, int, int]:
@@ -588,26 +705,6 @@ def evaluate(node: _Node, lookup: Callable[[_Node], torch.Tensor]) -> torch.Tens
 
 
 # ------------------------------------------------------------------------ background treatment
-def _blur_pixels(pixels: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``[N, C, H, W]`` (any range; edges replicated)."""
-    if sigma <= 0:
-        return pixels
-    channels = pixels.shape[1]
-    taps = gaussian_kernel1d(sigma, dtype=pixels.dtype, device=pixels.device)
-    radius = taps.numel() // 2
-    out = F.conv2d(
-        F.pad(pixels, (radius, radius, 0, 0), mode="replicate"),
-        taps.view(1, 1, 1, -1).repeat(channels, 1, 1, 1),
-        groups=channels,
-    )
-    out = F.conv2d(
-        F.pad(out, (0, 0, radius, radius), mode="replicate"),
-        taps.view(1, 1, -1, 1).repeat(channels, 1, 1, 1),
-        groups=channels,
-    )
-    return out
-
-
 def blank_background(pixels: torch.Tensor, mask: torch.Tensor, background: float, blur: float) -> torch.Tensor:
     """The paper's background treatment on normalized pixels: ``m·x + (1-m)·background·blur(x)``.
 
@@ -626,5 +723,5 @@ def blank_background(pixels: torch.Tensor, mask: torch.Tensor, background: float
     if tuple(weight.shape[-2:]) != size:
         weight = F.interpolate(weight, size=size, mode="bilinear", align_corners=False, antialias=True)
     weight = weight.clamp(0.0, 1.0)
-    out = weight * work + (1.0 - weight) * (background * _blur_pixels(work, blur))
+    out = weight * work + (1.0 - weight) * (background * blur_planes(work, blur))
     return out[0].to(pixels.dtype)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -23,7 +22,6 @@ from ..constants import DEFAULT_MODEL
 log = logging.getLogger("textmask")
 
 FOLDER_NAME = "clipseg"
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def comfy_module(name: str) -> ModuleType | None:
@@ -100,49 +98,22 @@ def list_models() -> list[str]:
 def resolve_model(name: str) -> Path:
     """A model choice or free text (hub id, folder, folder relative to a clipseg folder) → a local model folder.
 
-    Looks in this order: an existing absolute folder; a folder under each clipseg folder; for a hub id, the
-    Hugging Face cache in each clipseg folder, then the default Hugging Face cache; finally downloads the hub
-    id into ``models/clipseg`` (only when online, as the SaltAI/WAS loaders do).
+    :func:`textmask.model.locate_model` with ComfyUI's clipseg folders searched first (by folder name and as
+    Hugging Face caches) and a missing hub id downloaded into ``models/clipseg`` (only when online, as the
+    SaltAI/WAS loaders do).
 
     Raises:
         textmask.errors.ModelNotFoundError: saying where it looked and how to get the weights.
     """
     from ..errors import ModelNotFoundError
-    from ..model import _hub_offline, locate_model
+    from ..model import locate_model
 
-    name = str(name).strip() or DEFAULT_MODEL
     roots = clipseg_folders()
-    path = Path(name).expanduser()
-    if path.is_absolute():
-        return locate_model(str(path))
-    for root in roots:
-        candidate = root / name
-        if candidate.is_dir():
-            return locate_model(str(candidate))
-    if not _REPO_ID.match(name):
-        where = ", ".join(str(r) for r in roots) or "(no ComfyUI models/clipseg folder: not running in ComfyUI)"
-        raise ModelNotFoundError(
-            f"CLIPSeg model {name!r}: no such folder in the clipseg model folders ({where}), and it is not a "
-            "Hugging Face id (ORG/NAME). Put the model folder (config.json, model.safetensors, vocab.json, "
-            "merges.txt) into ComfyUI/models/clipseg, or give an absolute path or a hub id."
-        )
-    for cache in [*roots, None]:
-        try:
-            return locate_model(name, cache_dir=cache, download=False)
-        except ModelNotFoundError:
-            continue
-    target = roots[0] if roots else None
     try:
-        return locate_model(name, cache_dir=target, download=True)
+        return locate_model(str(name).strip() or DEFAULT_MODEL, search_dirs=roots)
     except ModelNotFoundError as exc:
-        offline = _hub_offline()
-        why = "HF_HUB_OFFLINE is set, so nothing is downloaded" if offline else f"the download failed ({exc})"
-        where = ", ".join(str(r) for r in roots) or "(not running in ComfyUI)"
-        dest = target or "ComfyUI/models/clipseg"
+        where = "" if roots else " (not running in ComfyUI: no models/clipseg folder)"
         raise ModelNotFoundError(
-            f"CLIPSeg model {name!r} was not found in ComfyUI's clipseg model folders ({where}) nor in the "
-            f"default Hugging Face cache, and {why}. To get it: on a machine with internet run "
-            f"`huggingface-cli download {name} --cache-dir {dest}` (and copy that folder here if needed), or put "
-            f"a model folder (config.json, model.safetensors, vocab.json, merges.txt) into {dest}/<name> and pick "
-            "it in the 'CLIPSeg Model Loader (textmask)' node."
+            f"CLIPSeg model: {exc}{where} In ComfyUI, put the model folder into ComfyUI/models/clipseg and pick it "
+            "in the 'CLIPSeg Model Loader (textmask)' node."
         ) from None

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ..engine import Segmenter, session_from_hf
 from ..errors import InputError, ModelLoadError, PromptError
+from ..images import as_image_batch
 from ..model import DTYPES, load_model
 from ..prompts import Blend, ImagePrompt, check_prompt, examples
 from .folders import DEFAULT_MODEL, comfy_module, resolve_model
@@ -211,7 +212,9 @@ def as_images(images: Any, name: str = "images") -> torch.Tensor | list[torch.Te
     """A ComfyUI IMAGE in any layout → ``[B, H, W, C]`` (or a list of ``[H, W, C]`` for a list input).
 
     Accepts ``[B, H, W, C]``, a single ``[H, W, C]``, a grey ``[B, H, W]`` / ``[H, W]`` (a MASK wired in), and
-    lists of those (images of different sizes).
+    lists of those (images of different sizes). Shape, channels and dtype are checked as the engine checks
+    them (:func:`textmask.images.as_image_batch`); an empty batch is refused, since a node's output takes the
+    first image's size.
     """
     if isinstance(images, (list, tuple)):
         items: list[torch.Tensor] = []
@@ -227,12 +230,9 @@ def as_images(images: Any, name: str = "images") -> torch.Tensor | list[torch.Te
         images = images[None, :, :, None]
     elif images.dim() == 3:
         images = images[None] if images.shape[-1] in (1, 2, 3, 4) else images[..., None]
-    if images.dim() != 4:
-        raise InputError(f"{name}: expected an IMAGE tensor [B, H, W, C], got shape {list(images.shape)}")
-    if images.shape[0] == 0:
+    if images.dim() == 4 and images.shape[0] == 0:
         raise InputError(f"{name}: the batch is empty")
-    if images.shape[1] == 0 or images.shape[2] == 0:  # before its size becomes the output size
-        raise InputError(f"{name}: image has zero size ({images.shape[1]}×{images.shape[2]})")
+    as_image_batch(images, name)  # the engine's layout checks, now, before a size becomes the output size
     return images
 
 

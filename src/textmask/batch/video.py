@@ -1,8 +1,8 @@
-"""Videos in, mask videos out, as a stream: decode → chunk of frames → engine → encode (PyAV).
+"""Videos in, mask videos out, as a stream: decode → chunk of frames → masks → encode (PyAV).
 
 Memory stays flat whatever the length: only ``batch_size`` frames (and their masks) are held at a time.
 Outputs keep the input's frame count, size and timing (each frame's timestamp is copied, so the frame rate,
-constant or variable, is the input's). Per input, target and kind (see :mod:`textmask.io` for names):
+constant or variable, is the input's). Per input, target and kind (see :mod:`textmask.batch.naming` for names):
 
 =========  ==========================================  =============================================
 kind       ``video`` form                              ``frames`` form (a folder of PNGs)
@@ -13,10 +13,10 @@ cutout     ``<key>.<slug>.cutout.webm`` (VP9 + alpha)  ``<key>.<slug>.cutout/000
 =========  ==========================================  =============================================
 
 Every output is written under a temporary name and renamed when the whole video is done. Audio is not
-copied. Optional temporal smoothing (:func:`textmask.postprocess.smooth_temporal`) averages each prompt's
-probability map over time before thresholding, to cut flicker.
+copied. The masks come from a ``frames → masks`` callable (the engine's :meth:`textmask.Segmenter.stream`,
+which also applies temporal smoothing), so this module knows nothing of models or prompts.
 
-PyAV is imported only when a video is opened (``pip install 'textmask[video]'``).
+PyAV is imported only when a video is opened (``pip install 'textmask[video]'``); torch when frames are read.
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from .errors import InputError, TextmaskError
-from .io import InputItem, PlannedOutput, atomic_path, render
-from .jobs import Interrupted, MaskJob, PromptTable, finish_targets
-from .postprocess import smooth_temporal
+from ..errors import InputError, Interrupted, TextmaskError
+from .naming import PlannedOutput
+from .store import atomic_path
+
+FramesToMasks = Callable[[Any], Any]
+"""``masks_for(frames [B, H, W, 3] uint8) → [B, T, H, W]`` masks in [0, 1], called on consecutive chunks."""
 
 _DEFAULT_RATE = Fraction(25)
 # Encoders tried in order per container; PyAV's wheels bundle libx264 and libvpx.
@@ -111,13 +112,15 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         raise InputError(f"{name}: not a video FFmpeg can read ({exc})") from None
 
 
-def read_frames(path: str | os.PathLike, info: VideoInfo, chunk: int) -> Iterator[tuple[torch.Tensor, list[Any]]]:
+def read_frames(path: str | os.PathLike, info: VideoInfo, chunk: int) -> Iterator[tuple[Any, list[Any]]]:
     """Decode a video in chunks.
 
     Yields:
         ``(frames [B, H, W, 3] uint8 RGB, timestamps)`` with B ≤ ``chunk``; every frame is brought to the
         first stream size; timestamps are the frames' ``pts`` in ``info.time_base`` (None when absent).
     """
+    import torch
+
     av = _av()
     name = os.fspath(path)
     decoded = 0
@@ -178,7 +181,7 @@ class VideoWriter:
         self.stream.options = dict(_ENCODER_OPTIONS.get(codec, {}))
         self.closed = False
 
-    def write(self, frames: torch.Tensor, stamps: Sequence[Any]) -> None:
+    def write(self, frames: Any, stamps: Sequence[Any]) -> None:
         """Encode ``[B, H, W]`` (mask) / ``[B, H, W, 3|4]`` uint8 frames with their source timestamps."""
         av = _av()
         array = frames.cpu().numpy()
@@ -214,7 +217,7 @@ class FrameWriter:
         folder.mkdir(parents=True, exist_ok=False)
         self.folder, self.kind, self.bits, self.index = folder, kind, bits, 0
 
-    def write(self, frames: torch.Tensor, stamps: Sequence[Any]) -> None:
+    def write(self, frames: Any, stamps: Sequence[Any]) -> None:
         from PIL import Image
 
         array = frames.cpu().numpy()
@@ -232,16 +235,23 @@ class FrameWriter:
 
 
 def mask_video(
-    session: Any,
-    item: InputItem,
+    source: str,
     outputs: Sequence[PlannedOutput],
     info: VideoInfo,
-    table: PromptTable,
-    job: MaskJob,
+    masks_for: FramesToMasks,
+    *,
+    bits: int = 8,
+    batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[list[str], int]:
-    """Mask one video into its planned outputs, streaming.
+    """Mask one video into its planned outputs, streaming ``batch_size`` frames at a time.
+
+    Args:
+        source: the video file.
+        outputs: what to write (:meth:`textmask.batch.MaskJob.plan`); ``output.target`` indexes the masks' T axis.
+        masks_for: frames → masks (see :data:`FramesToMasks`).
+        bits: bit depth of PNG-frame masks (video files are 8-bit).
 
     Returns:
         ``(written paths, frame count)``.
@@ -250,6 +260,8 @@ def mask_video(
         InputError: the video cannot be decoded (nothing is written).
         Interrupted: ``should_stop()`` said so after a chunk (nothing is written).
     """
+    from ..postprocess import render
+
     count = 0
     with ExitStack() as stack:
         writers: list[VideoWriter | FrameWriter] = []
@@ -262,20 +274,14 @@ def mask_video(
                 except _av().FFmpegError as exc:
                     raise VideoError(f"cannot start encoding {output.path}: {exc}") from None
             else:
-                writer = FrameWriter(temporary, output.kind, job.bits)
+                writer = FrameWriter(temporary, output.kind, bits)
             stack.callback(writer.abort)  # runs before the temporary file is removed, on any error
             writers.append(writer)
-        state: torch.Tensor | None = None
-        for frames, stamps in read_frames(item.source, info, max(1, int(job.batch_size))):
-            probs = session.predict(
-                frames, list(table.prompts), normalize=job.options.normalize, batch_size=job.batch_size
-            )
-            if job.smoothing:
-                probs, state = smooth_temporal(probs, job.smoothing, state)
-            masks = finish_targets(probs, table, job.options)  # [B, T, H, W]
+        for frames, stamps in read_frames(source, info, max(1, int(batch_size))):
+            masks = masks_for(frames)  # [B, T, H, W]
             for output, writer in zip(outputs, writers):
-                bits = job.bits if output.form == "frames" else 8
-                rendered = render(output.kind, frames, masks[:, output.target], None, bits)
+                depth = bits if output.form == "frames" else 8
+                rendered = render(output.kind, frames, masks[:, output.target], None, depth)
                 try:
                     writer.write(rendered, stamps)
                 except _av().FFmpegError as exc:
@@ -288,7 +294,7 @@ def mask_video(
             if should_stop is not None and should_stop():
                 raise Interrupted
         if count == 0:
-            raise InputError(f"{item.source}: the video has no frames")
+            raise InputError(f"{source}: the video has no frames")
         for writer in writers:
             writer.close()
     return [str(output.path) for output in outputs], count

@@ -1,0 +1,184 @@
+"""The ``textmask`` command group and what every sub-command shares: messages, warnings, Ctrl-C, the
+progress bar, exit codes. Each sub-command lives in its own module (:mod:`.mask`, :mod:`.download`,
+:mod:`.info`, :mod:`.serve`) and holds declarations and calls only.
+
+Exit codes: 0 all done; 1 some inputs failed (the others were written); 2 usage error; 3 could not start
+or had to stop (model missing or broken, output folder not writable, disk full); 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import warnings
+from typing import Any
+
+import click
+
+from .. import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANNOT_RUN, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+def err(message: str) -> None:
+    click.echo(f"textmask: {message}", err=True)
+
+
+def quiet_libraries() -> None:
+    """Route textmask's log and warnings to stderr as one-liners; silence transformers' loading bars."""
+    logger = logging.getLogger("textmask")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("textmask: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+
+
+class ShowWarnings:
+    """Show Python warnings (long or empty prompts...) as ``textmask: warning: ...`` and keep them."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def __enter__(self) -> ShowWarnings:
+        self._saved = warnings.showwarning
+        warnings.showwarning = self._show  # type: ignore[assignment]
+        return self
+
+    def _show(self, message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None):
+        text = str(message)
+        if text not in self.messages:
+            self.messages.append(text)
+            err(f"warning: {text}")
+
+    def __exit__(self, *exc: object) -> None:
+        warnings.showwarning = self._saved
+
+
+class StopOnInterrupt:
+    """First Ctrl-C: finish the current batch, then stop. Second Ctrl-C: stop now (temp files are removed)."""
+
+    def __init__(self, announce: bool) -> None:
+        self.requested = False
+        self.announce = announce
+        self._saved: Any = None
+
+    def __enter__(self) -> StopOnInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._saved = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.announce:
+            err("stopping after the current batch (Ctrl-C again to stop at once)")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._saved is not None:
+            signal.signal(signal.SIGINT, self._saved)
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="textmask")
+def main() -> None:
+    """textmask: text-prompted segmentation masks (CLIPSeg) for images, folders and videos.
+
+    \b
+    Quick start (offline; random weights, so the mask itself is meaningless):
+      textmask mask examples/images/cat-on-lawn.png -p "a cat" --model random-tiny -o out/
+    Real masks (downloads CIDAS/clipseg-rd64-refined once, ~600 MB):
+      textmask download
+      textmask mask photos/ -p "a cat" -p "a dog" -o masks/
+    """
+
+
+def run_with_progress(discovery: Any, show: bool, run: Any) -> Any:
+    """``run(progress, on_failure)`` with a tqdm bar on stderr (items/s, ETA) when ``show``; failures are
+    printed as they come."""
+    from tqdm import tqdm
+
+    from ..batch import Failure
+
+    unit = "item" if any(item.kind == "video" for item in discovery.items) else "img"  # videos count frames
+    bars: list[Any] = []
+
+    def progress(done: int, total: int) -> None:
+        if not show:
+            return
+        if not bars:
+            bars.append(tqdm(total=total, unit=unit, dynamic_ncols=True, file=sys.stderr, smoothing=0.1))
+        bar = bars[0]
+        if bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    def failed(failure: Failure) -> None:
+        message = failure_line(failure)
+        if bars:
+            bars[0].write(f"textmask: failed: {message}", file=sys.stderr)
+        else:
+            err(f"failed: {message}")
+
+    try:
+        return run(progress, failed)
+    finally:
+        for bar in bars:
+            bar.close()
+
+
+def failure_line(failure: Any) -> str:
+    """The error alone when it names the input already, else ``input: error``."""
+    return failure.error if failure.input in failure.error else f"{failure.input}: {failure.error}"
+
+
+def exit_code(report: Any) -> int:
+    if report.interrupted:
+        return EXIT_INTERRUPTED
+    if report.fatal:
+        return EXIT_CANNOT_RUN
+    return EXIT_FAILED if report.failures else EXIT_OK
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def print_summary(report: Any, outdir: str, total_seconds: float) -> None:
+    if report.fatal:
+        err(report.fatal)
+    rate = ""
+    if report.seconds > 0 and report.units:
+        what = "images and frames" if report.frames else "images"
+        rate = f" ({report.units / report.seconds:.1f} {what}/s)"
+    parts = [f"{report.processed} masked", f"{report.skipped} skipped (outputs exist)"]
+    if report.failures:
+        parts.append(f"{report.failed} failed")
+    if report.ignored:
+        parts.append(f"{report.ignored} other files ignored")
+    click.echo(
+        f"textmask: {', '.join(parts)}; {plural(len(report.written), 'file')} written to {outdir} "
+        f"in {total_seconds:.1f} s{rate}" + ("; interrupted, run again to resume" if report.interrupted else "")
+    )
+    if report.failures:
+        click.echo(f"failed ({report.failed}):")
+        for failure in report.failures:
+            message = failure_line(failure)
+            click.echo(f"  {message}")
+
+
