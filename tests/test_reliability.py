@@ -31,12 +31,12 @@ from cli_helpers import ROOT, SRC, files_in, invoke, mask_levels
 from PIL import Image, ImageOps
 
 import textmask
+from textmask.batch import remove_stale_temporaries
 from textmask.comfy import runtime
 from textmask.comfy.nodes import SaltCLIPSegLoader, SaltCLIPSegMasking, TextmaskCLIPSegLoader, TextmaskCLIPSegMasking
 from textmask.engine import Segmenter
 from textmask.errors import InputError, ModelLoadError, ModelNotFoundError, PromptError, TextmaskError
 from textmask.images import load_image, to_levels
-from textmask.batch import remove_stale_temporaries
 from textmask.postprocess import MaskOptions, grow
 
 
