@@ -232,3 +232,75 @@ def test_results_do_not_depend_on_batching_or_history(tiny_model_dir) -> None:
         together = other.mask(images, ["a cat", "the sky"], batch_size=batch_size, **kwargs)
         for one, many in zip(alone, together, strict=True):
             assert torch.equal(one, many), batch_size
+
+
+# ------------------------------------------------------------------------------ targets, streams, requests
+def test_targets_equal_one_mask_call_each(tiny_session) -> None:
+    """mask(targets=[...]) → [B, T, H, W]: each target exactly what mask() gives for its prompts alone."""
+    from textmask.postprocess import Target
+
+    images = torch.stack([to_levels(_image(40, 52, seed=s)).permute(1, 2, 0) for s in range(3)])
+    targets = [["a cat", "the sky"], Target(("the sky", "fur"), "intersection"), "a dog"]
+    options = dict(negative_prompts=["grass"], threshold=0.4, threshold_softness=0.2, blur=1.5, grow=1)
+    masks = tiny_session.mask(images, targets=targets, **options)
+    assert masks.shape == (3, 3, 40, 52)
+    assert torch.equal(masks[:, 0], tiny_session.mask(images, ["a cat", "the sky"], **options))
+    assert torch.equal(masks[:, 1], tiny_session.mask(images, ["the sky", "fur"], combine="intersection", **options))
+    assert torch.equal(masks[:, 2], tiny_session.mask(images, "a dog", **options))
+    single = tiny_session.mask(images[0], targets=targets, **options)  # one image: [T, H, W]
+    assert torch.equal(single, masks[0])
+    listed = tiny_session.mask(list(images), targets=targets, **options)  # a list: a list of [T, H, W]
+    assert all(torch.equal(a, b) for a, b in zip(listed, masks))
+    with pytest.raises(TypeError, match="prompts or targets"):
+        tiny_session.mask(images, "a cat", targets=targets)
+    from textmask.errors import PromptError
+
+    with pytest.raises(PromptError, match=r"targets\[1\]"):
+        tiny_session.mask(images, targets=[["a cat"], []])
+
+
+def test_stream_smooths_across_calls_like_one_piece(tiny_session) -> None:
+    from textmask.postprocess import MaskOptions, Target, TargetPlan, finish_targets, smooth_temporal
+
+    frames = torch.stack([to_levels(_image(24, 32, seed=s)).permute(1, 2, 0) for s in range(7)])
+    stream = tiny_session.stream([["a cat"], ["the sky"]], smoothing=0.6, threshold=0.5, batch_size=3)
+    chunked = torch.cat([stream(frames[:3]), stream(frames[3:5]), stream(frames[5:])])
+    plan = TargetPlan.build([Target(("a cat",)), Target(("the sky",))])
+    probs = tiny_session.predict(frames, list(plan.prompts))
+    whole = finish_targets(smooth_temporal(probs, 0.6)[0], plan, MaskOptions(threshold=0.5))
+    assert chunked.shape == (7, 2, 24, 32) and torch.equal(chunked, whole)
+    with pytest.raises(ValueError, match="smoothing"):
+        tiny_session.stream([["a cat"]], smoothing=1.0)
+
+
+def test_mask_requests_share_the_vision_pass_and_equal_single_calls(tiny_session, monkeypatch) -> None:
+    """Mixed sizes, prompts and options in one call: one vision pass per chunk, same masks as one call each."""
+    from textmask.engine import MaskRequest, Segmenter
+    from textmask.postprocess import MaskOptions
+
+    images = [_image(30, 40, seed=1), _image(52, 36, seed=2), _image(30, 40, seed=3)]
+    requests = [
+        MaskRequest(images[0], "a cat"),
+        MaskRequest(images[1], targets=[["a dog", "fur"], "the sky"], negative_prompts=["grass"]),
+        MaskRequest(images[2], ["a cat", "a dog"], options=MaskOptions(threshold=0.5, invert=True)),
+    ]
+    passes: list[int] = []
+    real = Segmenter.encode_pixels
+
+    def counting(self, pixels, sizes):
+        passes.append(len(sizes))
+        return real(self, pixels, sizes)
+
+    monkeypatch.setattr(Segmenter, "encode_pixels", counting)
+    results = tiny_session.mask_requests(requests, batch_size=8)
+    assert passes == [3]  # every image in one vision pass
+    monkeypatch.setattr(Segmenter, "encode_pixels", real)
+    assert [tuple(r.shape) for r in results] == [(1, 30, 40), (2, 52, 36), (1, 30, 40)]
+    assert torch.equal(results[0][0], tiny_session.mask(images[0], "a cat"))
+    alone = tiny_session.mask(images[1], targets=[["a dog", "fur"], "the sky"], negative_prompts=["grass"])
+    assert torch.equal(results[1], alone)
+    assert torch.equal(results[2][0], tiny_session.mask(images[2], ["a cat", "a dog"], threshold=0.5, invert=True))
+    from textmask.errors import PromptError
+
+    with pytest.raises(PromptError, match=r"requests\[1\]: prompts"):
+        tiny_session.mask_requests([requests[0], MaskRequest(images[1], [])])

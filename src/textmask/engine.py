@@ -17,7 +17,7 @@ import inspect
 import logging
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -648,30 +648,73 @@ class Segmenter:
         squeeze: bool,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Images in chunks → per image ``[T, H, W]`` finished masks (``plan``) or ``[P, H, W]`` maps (None),
-        into a pre-allocated batch when every output has one size; out-of-memory retried with halved chunks."""
+        into a pre-allocated batch when every output has one size."""
         batch = as_image_batch(images)
-        if output_size is not None:
-            output_size = (int(output_size[0]), int(output_size[1]))
-            if output_size[0] < 1 or output_size[1] < 1:
-                raise ValueError(f"output_size: must be positive (height, width), got {output_size}")
+        work = _Work(embeddings, plan, options, _check_size(output_size))
         total = len(batch)
-        fixed_size = output_size or batch.uniform_size
-        stacked = batch.stacked is not None or output_size is not None
+        fixed_size = work.output_size or batch.uniform_size
+        stacked = batch.stacked is not None or work.output_size is not None
         planes = embeddings.shape[0] if plan is None else len(plan.targets)
-        per_image_shape = () if squeeze else (planes,)
-        results: torch.Tensor | list[torch.Tensor]
+        results: torch.Tensor | list[torch.Tensor] = []
         if stacked and fixed_size is not None:
-            results = torch.empty((total, *per_image_shape, *fixed_size), dtype=torch.float32, device=output_device)
-        else:
-            results = []
+            shape = (total, *(() if squeeze else (planes,)), *fixed_size)
+            results = torch.empty(shape, dtype=torch.float32, device=output_device)
+        for index, values in self._chunked(batch, [work] * total, batch_size, progress):
+            values = (values[0] if squeeze else values).to(output_device)
+            if isinstance(results, torch.Tensor):
+                results[index] = values
+            else:
+                results.append(values)
+        if not batch.batched:
+            return results[0]
+        return results
 
+    def mask_requests(
+        self, requests: Sequence[MaskRequest], batch_size: int | None = None, output_device: str | torch.device = "cpu"
+    ) -> list[torch.Tensor]:
+        """Several independent requests (each its own image, targets, negatives and options) in one engine call:
+        the vision tower runs over all the images in shared chunks, each request's prompts are decoded for its
+        own image only, and prompt embeddings come from the session's cache. What a server's micro-batcher
+        needs; each result equals :meth:`mask` of that request alone.
+
+        Returns:
+            per request, ``[T, H, W]`` float32 in [0, 1] (T = its number of targets).
+
+        Raises:
+            PromptError, InputError: naming ``requests[i]`` and the field at fault.
+        """
+        works, images = [], []
+        for index, request in enumerate(requests):
+            options = MaskOptions.from_kwargs(request.options)
+            try:
+                plan, embeddings = self._plan(request.prompts, request.targets, request.negative_prompts, options)
+            except (PromptError, InputError, ValueError) as exc:
+                raise type(exc)(f"requests[{index}]: {exc}") from None
+            works.append(_Work(embeddings, plan, options, _check_size(request.output_size)))
+            images.append(request.image)
+        batch = as_image_batch(images, "requests")
+        results: list[torch.Tensor] = [torch.empty(0)] * len(works)
+        for index, values in self._chunked(batch, works, batch_size, None):
+            results[index] = values.to(output_device)
+        return results
+
+    def _chunked(
+        self,
+        batch: ImageBatch,
+        works: Sequence[_Work],
+        batch_size: int | None,
+        progress: ProgressCallback | None,
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(image index, result)`` for every image, computed chunk by chunk; out of memory is retried with
+        halved chunks, down to one image (then :class:`OutOfMemoryError`)."""
+        total = len(batch)
         step = max(1, int(batch_size or DEFAULT_BATCH_SIZE))
         start = 0
         while start < total:
             stop = min(start + step, total)
             failure: str | None = None
             try:
-                chunk = self._masks_for_chunk(batch, start, stop, embeddings, plan, options, output_size)
+                chunk = self._masks_for_chunk(batch, start, stop, works[start:stop])
             except (RuntimeError, MemoryError) as error:
                 if not is_out_of_memory(error):
                     raise
@@ -687,20 +730,10 @@ class Segmenter:
                 log.warning("out of memory on %s; retrying with batch size %d", self.device, step)
                 continue
             for offset, values in enumerate(chunk):
-                if squeeze:
-                    values = values[0]
-                values = values.to(output_device)
-                if isinstance(results, torch.Tensor):
-                    results[start + offset] = values
-                else:
-                    results.append(values)
+                yield start + offset, values
             start = stop
             if progress is not None:
                 progress(start, total)
-
-        if not batch.batched:
-            return results[0]
-        return results
 
     def _release_memory(self) -> None:
         """Give freed blocks back after an out-of-memory error, so the retry starts from a clean pool."""
@@ -719,29 +752,24 @@ class Segmenter:
         return max(1, min(prompts, by_pairs, by_pixels))
 
     @torch.inference_mode()
-    def _masks_for_chunk(
-        self,
-        batch: ImageBatch,
-        start: int,
-        stop: int,
-        embeddings: torch.Tensor,
-        plan: TargetPlan | None,
-        options: MaskOptions,
-        output_size: tuple[int, int] | None,
-    ) -> list[torch.Tensor]:
-        """Images ``start..stop``: finished masks ``[T, H, W]`` (``plan``) or maps ``[P, H, W]``, one per image.
+    def _masks_for_chunk(self, batch: ImageBatch, start: int, stop: int, works: Sequence[_Work]) -> list[torch.Tensor]:
+        """Images ``start..stop``, ``works[i]`` saying what to make of image i: finished masks ``[T, H, W]``
+        (a plan) or maps ``[P, H, W]``, one per image.
 
-        The vision tower runs once for the chunk; the decoder then runs over the prompts in groups small
-        enough to bound memory whatever the number of prompts, and with a plan each group is folded into
-        running per-target unions/intersections instead of keeping every prompt's map.
+        The vision tower runs once for the chunk; the decoder then runs, for the images that share a work and
+        an output size, over the prompts in groups small enough to bound memory whatever the number of
+        prompts, and with a plan each group is folded into running per-target unions/intersections instead of
+        keeping every prompt's map.
         """
         levels = batch.levels(start, stop)
         sizes = [tuple(image.shape[-2:]) for image in levels]
         features = self.encode_pixels(self.preprocess(levels), sizes)
-        targets = [output_size or size for size in sizes]
+        targets = [work.output_size or size for work, size in zip(works, sizes)]
         out: list[torch.Tensor | None] = [None] * len(levels)
-        for size in dict.fromkeys(targets):
-            indices = [i for i, target in enumerate(targets) if target == size]
+        for size, work_id in dict.fromkeys((target, id(work)) for target, work in zip(targets, works)):
+            indices = [i for i, (t, w) in enumerate(zip(targets, works)) if t == size and id(w) == work_id]
+            work = works[indices[0]]
+            embeddings, plan, options = work.embeddings, work.plan, work.options
             group_features = ImageFeatures(
                 reduced=tuple(r[indices] for r in features.reduced), sizes=[sizes[i] for i in indices]
             )
@@ -769,6 +797,39 @@ class Segmenter:
                     combined, negative = fold.result()
                     out[i] = finish(combined, negative, options)
         return out  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, eq=False)
+class _Work:
+    """What to make of an image: maps of ``embeddings``' prompts (no plan) or the plan's finished masks."""
+
+    embeddings: torch.Tensor
+    plan: TargetPlan | None
+    options: MaskOptions
+    output_size: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class MaskRequest:
+    """One request of :meth:`Segmenter.mask_requests`: an image and what to make of it (as :meth:`Segmenter.mask`
+    takes them: ``prompts`` for one mask, or ``targets`` for several; ``options`` a
+    :class:`~textmask.postprocess.MaskOptions` or None for the defaults)."""
+
+    image: Any
+    prompts: Any = None
+    targets: Sequence[Any] | None = None
+    negative_prompts: Any = ()
+    options: MaskOptions | None = None
+    output_size: tuple[int, int] | None = None
+
+
+def _check_size(output_size: tuple[int, int] | None) -> tuple[int, int] | None:
+    if output_size is None:
+        return None
+    size = (int(output_size[0]), int(output_size[1]))
+    if size[0] < 1 or size[1] < 1:
+        raise ValueError(f"output_size: must be positive (height, width), got {output_size}")
+    return size
 
 
 class _TargetFold:

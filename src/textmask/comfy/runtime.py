@@ -230,7 +230,9 @@ def as_images(images: Any, name: str = "images") -> torch.Tensor | list[torch.Te
         images = images[None, :, :, None]
     elif images.dim() == 3:
         images = images[None] if images.shape[-1] in (1, 2, 3, 4) else images[..., None]
-    if images.dim() == 4 and images.shape[0] == 0:
+    if images.dim() != 4:
+        raise InputError(f"{name}: expected an IMAGE tensor [B, H, W, C], got shape {list(images.shape)}")
+    if images.shape[0] == 0:
         raise InputError(f"{name}: the batch is empty")
     as_image_batch(images, name)  # the engine's layout checks, now, before a size becomes the output size
     return images
