@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .constants import DEFAULT_MODEL
+from .detail import blend_tiles, gate, scale_box, tile_boxes, tile_grid
 from .errors import (
     InputError,
     ModelLoadError,
@@ -189,6 +190,20 @@ class ImageFeatures:
     def __len__(self) -> int:
         return len(self.sizes)
 
+    def select(self, indices: Sequence[int]) -> ImageFeatures:
+        """The features of these images, in this order."""
+        chosen = list(indices)
+        return ImageFeatures(reduced=tuple(r[chosen] for r in self.reduced), sizes=[self.sizes[i] for i in chosen])
+
+    @staticmethod
+    def concatenate(parts: Sequence[ImageFeatures]) -> ImageFeatures:
+        """The features of several batches, one after the other."""
+        depth = len(parts[0].reduced)
+        return ImageFeatures(
+            reduced=tuple(torch.cat([p.reduced[i] for p in parts]) for i in range(depth)),
+            sizes=[size for p in parts for size in p.sizes],
+        )
+
 
 class Segmenter:
     """A loaded CLIPSeg model with everything needed to mask images, on one device and dtype.
@@ -331,11 +346,7 @@ class Segmenter:
             parts.append(self.encode_pixels(self.preprocess(levels), [tuple(x.shape[-2:]) for x in levels]))
         if not parts:
             raise InputError("images: the batch is empty; there is nothing to encode")
-        depth = len(parts[0].reduced)
-        return ImageFeatures(
-            reduced=tuple(torch.cat([p.reduced[i] for p in parts]) for i in range(depth)),
-            sizes=[size for p in parts for size in p.sizes],
-        )
+        return ImageFeatures.concatenate(parts)
 
     @torch.inference_mode()
     def encode_prompts(self, prompts: PromptLike | Sequence[PromptLike], name: str = "prompts") -> torch.Tensor:
@@ -517,6 +528,7 @@ class Segmenter:
         prompts: PromptLike | Sequence[PromptLike],
         *,
         normalize: str = "none",
+        detail: Any = "off",
         output_size: tuple[int, int] | None = None,
         batch_size: int | None = None,
         progress: ProgressCallback | None = None,
@@ -529,6 +541,9 @@ class Segmenter:
             prompts: one prompt (the prompt axis is dropped) or a list of P prompts; text, example
                 images (:class:`~textmask.prompts.ImagePrompt`) or blends (see :meth:`encode_prompts`).
             normalize: ``"none"``, ``"minmax"`` or ``"seed"`` (see :meth:`probabilities`).
+            detail: detail mode, ``"off"`` (default), ``"auto"`` or ``(rows, columns)`` of tiles (see
+                :class:`~textmask.postprocess.MaskOptions` and :mod:`textmask.detail`); each tile costs one more
+                vision pass per image.
             output_size: ``(height, width)`` for every output instead of each image's own size.
             batch_size: images per forward pass; memory stays bounded by it.
             progress: ``progress(done, total)`` after each chunk; may raise to stop.
@@ -539,7 +554,7 @@ class Segmenter:
             of ``[P, H, W]`` for a list input, ``[P, H, W]`` for a single image; without the P axis when
             ``prompts`` is a single prompt.
         """
-        options = MaskOptions(normalize=normalize)
+        options = MaskOptions(normalize=normalize, detail=detail)
         embeddings = self.encode_prompts(as_prompt_list(prompts, "prompts"))
         squeeze = is_single_prompt(prompts)
         return self._run(images, embeddings, None, options, output_size, batch_size, progress, output_device, squeeze)
@@ -765,30 +780,39 @@ class Segmenter:
         sizes = [tuple(image.shape[-2:]) for image in levels]
         features = self.encode_pixels(self.preprocess(levels), sizes)
         targets = [work.output_size or size for work, size in zip(works, sizes)]
+        tiles = self._encode_tiles(levels, works)
         out: list[torch.Tensor | None] = [None] * len(levels)
         for size, work_id in dict.fromkeys((target, id(work)) for target, work in zip(targets, works)):
             indices = [i for i, (t, w) in enumerate(zip(targets, works)) if t == size and id(w) == work_id]
             work = works[indices[0]]
             embeddings, plan, options = work.embeddings, work.plan, work.options
-            group_features = ImageFeatures(
-                reduced=tuple(r[indices] for r in features.reduced), sizes=[sizes[i] for i in indices]
-            )
-            step = self._prompts_per_pass(len(indices), size[0] * size[1], embeddings.shape[0])
+            group_features = features.select(indices)
+            passes = len(indices) + sum(len(tiles.boxes[i]) for i in indices)  # decoder pairs per prompt
+            step = self._prompts_per_pass(passes, size[0] * size[1], embeddings.shape[0])
             folds = [_TargetFold(plan) if plan is not None else None for _ in indices]
             maps: list[list[torch.Tensor]] = [[] for _ in indices]
             for first in range(0, embeddings.shape[0], step):
-                logits = self.decode(group_features, embeddings[first : first + step])  # [k, g, S, S]
+                group = embeddings[first : first + step]
+                logits = self.decode(group_features, group)  # [k, g, S, S]
+                tile_logits = self.decode(tiles.features.select(tiles.of(indices)), group) if tiles else None
                 # Image by image from here on (each step still batched over prompts and pixels): elementwise
                 # kernels treat a tensor's vector tail differently from its body, so a batched upsampling would
                 # make a mask's last bits depend on which images shared its chunk.
-                for k in range(len(indices)):
-                    probs = self.probabilities(logits[k : k + 1], size, options.normalize)[0]  # [g, H, W]
+                tile_offset = 0
+                for k, i in enumerate(indices):
+                    if options.detail == "off":
+                        probs = self.probabilities(logits[k : k + 1], size, options.normalize)[0]  # [g, H, W]
+                    else:
+                        count = len(tiles.boxes[i])
+                        own = tile_logits[tile_offset : tile_offset + count]  # type: ignore[index]
+                        tile_offset += count
+                        probs = self._detail_probabilities(logits[k], own, tiles.boxes[i], sizes[i], size, options)
                     fold = folds[k]
                     if fold is None:
                         maps[k].append(probs)
                     else:
                         fold.add(probs, first)
-                del logits
+                del logits, tile_logits
             for k, i in enumerate(indices):
                 fold = folds[k]
                 if fold is None:
@@ -797,6 +821,68 @@ class Segmenter:
                     combined, negative = fold.result()
                     out[i] = finish(combined, negative, options)
         return out  # type: ignore[return-value]
+
+    def _encode_tiles(self, levels: Sequence[torch.Tensor], works: Sequence[_Work]) -> _Tiles:
+        """The detail-mode tiles of the images whose work asks for them, through the vision tower in groups of
+        at most as many tiles as the chunk has images (memory stays bounded by the batch size)."""
+        boxes: list[list[tuple[int, int, int, int]]] = []
+        crops: list[torch.Tensor] = []
+        for image, work in zip(levels, works):
+            detail = work.options.detail
+            if detail == "off":
+                boxes.append([])
+                continue
+            height, width = image.shape[-2:]
+            boxes.append(tile_boxes(height, width, tile_grid(height, width, detail)))
+            crops.extend(image[:, top:bottom, left:right] for top, bottom, left, right in boxes[-1])
+        if not crops:
+            return _Tiles(boxes, None)
+        step = max(1, len(levels))
+        parts = []
+        for at in range(0, len(crops), step):
+            group = crops[at : at + step]
+            parts.append(self.encode_pixels(self.preprocess(group), [tuple(c.shape[-2:]) for c in group]))
+        return _Tiles(boxes, ImageFeatures.concatenate(parts))
+
+    def _detail_probabilities(
+        self,
+        global_logits: torch.Tensor,
+        tile_logits: torch.Tensor,
+        boxes: list[tuple[int, int, int, int]],
+        image_size: tuple[int, int],
+        size: tuple[int, int],
+        options: MaskOptions,
+    ) -> torch.Tensor:
+        """Detail mode for one image: ``[g, H, W]`` probabilities from its global logits ``[g, S, S]`` and its
+        tiles' ``[n, g, S, S]``: the tiles blended (:func:`textmask.detail.blend_tiles`) and gated by the global
+        map (:func:`textmask.detail.gate`), then normalized as ``options.normalize`` says."""
+        global_map = self.probabilities(global_logits[None], size, "none")[0]
+        placed = [scale_box(box, image_size, size) for box in boxes]
+        tile_maps = [
+            self.probabilities(tile_logits[j : j + 1], (bottom - top, right - left), "none")[0]
+            for j, (top, bottom, left, right) in enumerate(placed)
+        ]
+        probs = gate(blend_tiles(tile_maps, placed, size), global_map)
+        return normalize_minmax(probs) if options.normalize == "minmax" else probs
+
+
+@dataclass
+class _Tiles:
+    """Detail-mode tiles of a chunk: per image its boxes (none when its work has detail off), and the features of
+    all tiles, image after image."""
+
+    boxes: list[list[tuple[int, int, int, int]]]
+    features: ImageFeatures | None
+
+    def __bool__(self) -> bool:
+        return self.features is not None
+
+    def of(self, images: Sequence[int]) -> list[int]:
+        """The indices, in :attr:`features`, of these images' tiles."""
+        starts = [0]
+        for boxes in self.boxes:
+            starts.append(starts[-1] + len(boxes))
+        return [index for image in images for index in range(starts[image], starts[image + 1])]
 
 
 @dataclass(frozen=True, eq=False)

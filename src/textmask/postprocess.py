@@ -16,6 +16,7 @@ show or write, with one heat-map colour ramp (:func:`heat_colours`) for every fa
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from .constants import COMBINE_MODES, NORMALIZE_MODES, OUTPUT_KINDS
 
 MAX_BLUR_PIXELS = 1024  # largest blur / feather MaskOptions accepts (their kernels are 6 × that wide)
+MAX_TILES_PER_SIDE = 8  # detail mode
 _FLAT = 1e-6
 
 
@@ -205,6 +207,43 @@ def feather(mask: torch.Tensor, pixels: float) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------ options
+def parse_detail(value: Any) -> str | tuple[int, int]:
+    """A detail setting → ``"off"``, ``"auto"`` or ``(rows, columns)``.
+
+    Accepts False/None/0/``"off"``, True/``"auto"``, an int N (N×N tiles), a ``(rows, columns)`` pair, or a
+    string ``"N"`` / ``"RxC"`` (``"3x2"``: 3 rows, 2 columns).
+
+    Raises:
+        ValueError: naming ``detail`` and what it takes.
+    """
+    if value is None or value is False or (isinstance(value, str) and value.strip().lower() in ("off", "none", "0")):
+        return "off"
+    if value is True or (isinstance(value, str) and value.strip().lower() in ("auto", "on")):
+        return "auto"
+    rows: Any
+    cols: Any
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:[x×*]\s*(\d+))?\s*", value.lower())
+        if match is None:
+            raise ValueError(f"detail: {value!r} is not off, auto, N or RxC (e.g. 3x2: 3 rows, 2 columns)")
+        rows, cols = int(match[1]), int(match[2] or match[1])
+    elif isinstance(value, (tuple, list)) and len(value) == 2:
+        rows, cols = value
+    else:
+        rows = cols = value
+    try:
+        rows, cols = int(rows), int(cols)
+    except (TypeError, ValueError):
+        raise ValueError(f"detail: {value!r} is not off, auto, N or (rows, columns)") from None
+    if (rows, cols) == (0, 0):
+        return "off"
+    if not (1 <= rows <= MAX_TILES_PER_SIDE and 1 <= cols <= MAX_TILES_PER_SIDE) or rows * cols < 2:
+        raise ValueError(
+            f"detail: {rows}×{cols} tiles; give 1 to {MAX_TILES_PER_SIDE} rows and columns, at least 2 tiles"
+        )
+    return rows, cols
+
+
 @dataclass(frozen=True)
 class MaskOptions:
     """How raw per-prompt probabilities become one mask per image.
@@ -219,6 +258,9 @@ class MaskOptions:
         blur: Gaussian blur sigma in pixels.
         feather: outward edge fade in pixels.
         invert: return ``1 - mask``.
+        detail: detail mode (:mod:`textmask.detail`): ``"off"``, ``"auto"`` (tiles from the image size), or
+            ``(rows, columns)`` of overlapping tiles seen at a higher scale, blended and gated by the global pass
+            (also given as True, an int N for N×N, or ``"RxC"``). Not with ``normalize="seed"``.
     """
 
     normalize: str = "none"
@@ -229,8 +271,12 @@ class MaskOptions:
     blur: float = 0.0
     feather: float = 0.0
     invert: bool = False
+    detail: Any = "off"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "detail", parse_detail(self.detail))
+        if self.detail != "off" and self.normalize == "seed":
+            raise ValueError("detail: not with normalize='seed' (the seed's 8-bit path has no tiles); use none, minmax")
         if self.normalize not in NORMALIZE_MODES:
             raise ValueError(f"normalize: {self.normalize!r} is not one of {NORMALIZE_MODES}")
         if self.combine not in COMBINE_MODES:
