@@ -94,6 +94,14 @@ from .app import (
 @click.option("--feather", type=click.FloatRange(min=0), default=0.0, metavar="PX", help="Fade edges outward.")
 @click.option("--invert", is_flag=True, help="Mask everything except what the prompts match.")
 @click.option(
+    "--detail",
+    default="off",
+    show_default=True,
+    metavar="off|auto|RxC",
+    help="Detail mode for large images and small objects: also look at overlapping tiles (auto: from the image "
+    "size; 3x2: 3 rows, 2 columns), gated by the whole-image pass. Each tile costs one more forward pass.",
+)
+@click.option(
     "--normalize",
     type=click.Choice(["none", "minmax", "seed"]),
     default="none",
@@ -184,6 +192,7 @@ def mask_command(
     shrink: int,
     feather: float,
     invert: bool,
+    detail: str,
     normalize: str,
     kinds: tuple[str, ...],
     bits: str,
@@ -256,6 +265,7 @@ def mask_command(
             blur=blur,
             feather=feather,
             invert=invert,
+            detail=detail,
         )
         settings = dict(background=example_background, blur=example_blur, crop=example_crop)
         positive = build_prompts(
