@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 
 try:
-    import ray
     import ray.data
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("textmask.ray_data needs Ray Data: pip install 'textmask[ray]'") from exc
@@ -42,8 +41,7 @@ from .batch.naming import MaskTarget, PlannedOutput, make_targets
 from .constants import DEFAULT_MODEL
 from .errors import OutputError, TextmaskError, first_line, is_out_of_memory
 
-# Result row statuses.
-WRITTEN, MASKED, SKIPPED, FAILED, FATAL = "written", "masked", "skipped", "failed", "fatal"
+WRITTEN, MASKED, SKIPPED, FAILED, FATAL = "written", "masked", "skipped", "failed", "fatal"  # result row statuses
 
 
 def _column(batch: dict[str, Any], name: str, count: int, kinds: type | tuple[type, ...]) -> list[Any]:
@@ -87,6 +85,7 @@ class MaskActor:
 
         torch.set_num_threads(max(1, threads))
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
         self.job, self.write, self.masks, self.session, self.error = job, write, masks, None, ""
         try:
             self.session = model.load(device=device)
@@ -195,15 +194,6 @@ def connect(address: str | None = None, *, ship_code: bool = True, **init_kwargs
     _SHIPPED = ship_code
 
 
-def _single_node_here() -> bool:
-    """Whether every alive Ray node is this machine (a local Ray)."""
-    try:
-        here, nodes = ray.util.get_node_ip_address(), [node for node in ray.nodes() if node.get("Alive")]
-        return bool(nodes) and all(node.get("NodeManagerAddress") == here for node in nodes)
-    except Exception:  # an unusual cluster: assume it is not
-        return False
-
-
 def _pool(actors: int | tuple[int, int] | None, batches: int | None = None) -> tuple[Any, Any]:
     """Ray Data's actor pool (it checks the sizes), and how the report shows it: N (fixed), ``(min, max)``, or
     None: autoscaling from 1 to what the cluster holds, at most one per batch. Actors that do not fit wait."""
@@ -235,8 +225,7 @@ class RayExecutor:
     ship_code: bool = True
 
     def mapper(self, job: MaskJob, write: bool = True, masks: bool = False, batches: int | None = None) -> Any:
-        """Connect, check the resources (``ValueError`` for what the cluster cannot give) and return
-        ``(map(dataset, batch_size) → result rows, cluster info)``."""
+        """Connect, check resources (``ValueError`` if the cluster lacks them): ``(map(dataset, size), cluster)``."""
         connect(self.address, ship_code=self.ship_code)
         device, cpus, gpus = self.model.device, self.cpus_per_actor, self.gpus_per_actor
         if device != "auto" and not device.startswith(("cpu", "cuda")):
@@ -250,7 +239,8 @@ class RayExecutor:
         device = device if device != "auto" else ("cuda" if gpus > 0 else "cpu")
         compute, shown = _pool(self.actors, batches)
         model, remote = self.model, {"num_cpus": cpus, **({"num_gpus": gpus} if gpus > 0 else {})}
-        if _single_node_here():  # resolve (download, build) the model once here rather than once per actor
+        here, nodes = ray.util.get_node_ip_address(), [node for node in ray.nodes() if node.get("Alive")]
+        if all(node.get("NodeManagerAddress") == here for node in nodes):  # a local Ray: resolve the model once here
             from .model import locate_model
 
             folder = locate_model(model.model, cache_dir=model.cache_dir, download=model.download)
@@ -261,8 +251,7 @@ class RayExecutor:
         model.warn_if_random()
         arguments = (model, device, job, write, masks, max(1, math.ceil(cpus)))
         address = self.address or os.environ.get("RAY_ADDRESS") or "local"
-        nodes = len([node for node in ray.nodes() if node.get("Alive")])
-        cluster = dict(address=address, nodes=nodes, actors=shown, cpus_per_actor=cpus, gpus_per_actor=gpus)
+        cluster = dict(address=address, nodes=len(nodes), actors=shown, cpus_per_actor=cpus, gpus_per_actor=gpus)
 
         def mapped(dataset: Any, batch_size: int) -> Any:
             options = dict(batch_size=batch_size, batch_format="numpy", compute=compute, **remote)
@@ -286,7 +275,7 @@ class RayExecutor:
         store.clean()  # temporaries of a run that was killed mid-write
         existing = store.existing() if not store.local and not job.overwrite else None  # one listing
         stages: dict[str, list[dict[str, Any]]] = {"image": [], "video": []}
-        written: list[tuple[int, list[str]]] = []
+        written: list[tuple[int, list[str]]] = []  # (input index, its outputs), sorted at the end
         failures: list[tuple[int, Failure]] = []
 
         def fail(index: int, failure: Failure) -> None:
@@ -306,11 +295,8 @@ class RayExecutor:
             else:
                 row = {"index": index, "path": item.source, "key": item.key, "kind": item.kind}
                 row["todo"] = [planned.index(output) for output in pending]
-                if item.source == STDIN:
-                    row["bytes"] = sys.stdin.buffer.read()
+                row["bytes"] = sys.stdin.buffer.read() if item.source == STDIN else None  # read by the actors
                 stages[item.kind].append(row)
-        if any("bytes" in row for row in stages["image"]):  # stdin: one row carries its bytes, the others None
-            stages["image"] = [{"bytes": None, **row} for row in stages["image"]]
         size, mapped = max(1, int(job.batch_size)), None
         if stages["image"] or stages["video"]:
             batches = max(1, -(-len(stages["image"]) // size), len(stages["video"]))
@@ -401,17 +387,10 @@ def mask_dataset(
 
     store = Store(".") if output_dir is None else Store.open(output_dir, filesystem)
     given = list(prompts) if prompts and all(isinstance(p, MaskTarget) for p in prompts) else None
-    job = MaskJob(
-        outdir=Path(store.root),
-        targets=given or make_targets([str(p) for p in prompts], combine),  # type: ignore[arg-type]
-        negative_prompts=tuple(dict.fromkeys(negative_prompts)),
-        options=MaskOptions.from_kwargs(options, **option_overrides),
-        kinds=tuple(dict.fromkeys(kinds)),
-        bits=int(bits),
-        batch_size=int(batch_size),
-        overwrite=overwrite,
-        filesystem=store.filesystem,
-    )
+    targets = given or make_targets([str(p) for p in prompts], combine)  # type: ignore[arg-type]
+    negative, options = tuple(dict.fromkeys(negative_prompts)), MaskOptions.from_kwargs(options, **option_overrides)
+    settings = dict(kinds=tuple(dict.fromkeys(kinds)), bits=int(bits), batch_size=int(batch_size), overwrite=overwrite)
+    job = MaskJob(Path(store.root), targets, negative, options, filesystem=store.filesystem, **settings)
     spec = model if isinstance(model, ModelSpec) else ModelSpec(model=model, device=device, dtype=dtype)
     executor = RayExecutor(spec, address, actors, cpus_per_actor, gpus_per_actor, ship_code)
     masks = output_dir is None if return_masks is None else bool(return_masks)
