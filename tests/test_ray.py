@@ -136,6 +136,31 @@ def test_a_model_that_does_not_load_gives_fatal_rows_not_a_crash(tmp_path: Path,
     assert not (tmp_path / "out").exists()
 
 
+def test_out_of_memory_and_a_full_disk_give_fatal_rows(tmp_path: Path, images: Path, tiny_model_dir: Path, monkeypatch):
+    """What stops the run reaches the driver as ``fatal`` rows (the actor itself, called in-process)."""
+    import errno
+
+    from textmask.engine import OutOfMemoryError
+
+    rows = {"path": np.array([str(images / "top.png"), str(images / "grey.png")])}
+    actor = mask_actor(str(tiny_model_dir), tmp_path / "out")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ray_data, "write_image_outputs", full)
+    result = actor(rows)
+    assert result["status"] == ["fatal", "fatal"] and "No space left on device; stopping" in result["error"][0]
+
+    def no_memory(*args, **kwargs):
+        raise OutOfMemoryError("out of memory", "cpu", "CPU allocator: 9 GiB")
+
+    monkeypatch.setattr(actor.session, "mask", no_memory)
+    result = actor(rows)
+    assert result["status"] == ["fatal", "fatal"] and "out of memory on cpu even one image" in result["error"][0]
+    assert not any((tmp_path / "out").rglob("*.png"))
+
+
 # ------------------------------------------------------------------------------------------- files
 def small_clip(folder: Path, frames: int = 6) -> Path | None:
     """A tiny H.264/MPEG-4 clip (a bar sweeping over a gradient), or None without PyAV or an encoder."""

@@ -161,9 +161,11 @@ class MaskActor:
             written, frames = video.mask_video(item.source, todo, info, masks_for, bits=job.bits, batch_size=size)
         except OSError as exc:
             return _write_failed(item, exc)
-        except TextmaskError as exc:  # unreadable video, missing PyAV or encoder, out of memory
+        except (TextmaskError, RuntimeError, MemoryError) as exc:  # unreadable, no PyAV or encoder, out of memory
             if is_out_of_memory(exc):
                 return {"status": FATAL, "error": out_of_memory_fatal(exc, session.device)}  # type: ignore[union-attr]
+            if not isinstance(exc, TextmaskError):
+                raise
             return {"status": FAILED, "error": first_line(exc)}
         return {"status": WRITTEN, "outputs": written, "frames": frames}
 
