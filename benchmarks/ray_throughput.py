@@ -5,8 +5,8 @@
 
 Every configuration masks the same JPEG files with the same model (``random-full`` has the architecture and cost
 of ``CIDAS/clipseg-rd64-refined``, with random weights: no download needed) and writes the same mask PNGs, through
-:func:`textmask.ray_data.run_ray_job` (what ``textmask mask --engine ray`` runs) on a local Ray. The in-process
-engine (:func:`textmask.jobs.run_job`, one torch thread) is measured too, as the no-Ray reference.
+:class:`textmask.ray_data.RayExecutor` (what ``textmask mask --engine ray`` runs) on a local Ray. The in-process
+engine (:func:`textmask.batch.local.run_job`, one torch thread) is measured too, as the no-Ray reference.
 
 Two rates per column:
 
@@ -103,7 +103,8 @@ def cpu_costs(paths: list[Path], session, samples: int = 6) -> dict[str, float]:
     import torch
     from PIL import Image, ImageDraw, ImageFilter
 
-    from textmask.io import encode_png, mask_levels, read_image
+    from textmask.images import encode_png, read_image
+    from textmask.postprocess import mask_levels
 
     paths = paths[:samples]
     started = time.thread_time()
@@ -136,7 +137,7 @@ def model_flops(session, path: Path) -> float:
     """FLOPs of one image's forward (vision tower, decoder, upsampling), one prompt already encoded."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from textmask.io import read_image
+    from textmask.images import read_image
 
     levels = read_image(str(path)).levels
     session.mask(levels, "a cat")  # the prompt embedding is cached: count only per-image work
@@ -170,8 +171,8 @@ def main() -> None:
 
     import textmask
     from textmask import ray_data
-    from textmask.io import discover_inputs, make_targets
-    from textmask.jobs import MaskJob, run_job
+    from textmask.batch import MaskJob, ModelSpec, discover_inputs, make_targets
+    from textmask.batch.local import run_job
     from textmask.model import locate_model
 
     folder = Path(locate_model(model))  # built (random models) or found once, before any timing
@@ -202,13 +203,9 @@ def main() -> None:
                 if actors == 0:
                     report = run_job(session, items, job(f"local-{round_}"), progress=clock)
                 else:
-                    report = ray_data.run_ray_job(
-                        items,
-                        job(f"ray{actors}-{round_}"),
-                        ray_data.ModelSpec(str(folder), device="cpu"),
-                        ray_data.Resources(actors=actors, cpus_per_actor=args.cpus_per_actor),
-                        progress=clock,
-                    )
+                    spec = ModelSpec(str(folder), device="cpu")
+                    executor = ray_data.RayExecutor(spec, actors=actors, cpus_per_actor=args.cpus_per_actor)
+                    report = executor.run(items, job(f"ray{actors}-{round_}"), progress=clock)
                 assert report.processed == count and report.fatal is None, report.to_dict()
                 figures = {"actors": actors, "threads": 1 if actors == 0 else threads}
                 figures.update(clock.rates(count, max(1, actors) * args.batch_size))

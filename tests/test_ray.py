@@ -20,8 +20,9 @@ ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'textm
 pytest.importorskip("ray.data")
 
 from textmask import ray_data  # noqa: E402 - only once Ray is known to be importable
-from textmask.io import discover_inputs, make_targets, read_image  # noqa: E402
-from textmask.jobs import MaskJob, PromptTable, run_job, target_masks  # noqa: E402
+from textmask.batch import MaskJob, ModelSpec, discover_inputs, make_targets  # noqa: E402
+from textmask.batch.local import run_job  # noqa: E402
+from textmask.images import read_image  # noqa: E402
 from textmask.postprocess import MaskOptions  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -69,9 +70,10 @@ PROMPTS = ["a cat", "the sky"]
 
 
 def engine_masks(session, path: Path, options: MaskOptions, negative=("grass",)) -> torch.Tensor:
-    """The single-process reference: ``[T, H, W]`` for one file, read and masked alone."""
-    table = PromptTable.build(make_targets(PROMPTS), negative)
-    return target_masks(session, [read_image(str(path)).levels], table, options, batch_size=1)[0]
+    """The single-process reference: ``[T, H, W]`` for one file, read and masked alone by the engine."""
+    targets = [list(target.prompts) for target in make_targets(PROMPTS)]
+    levels = read_image(str(path)).levels
+    return session.mask([levels], targets=targets, negative_prompts=list(negative), options=options, batch_size=1)[0]
 
 
 # ------------------------------------------------------------------------------------- float masks
@@ -108,16 +110,17 @@ def test_actor_masks_are_bit_identical_to_the_engine(local_ray, images: Path, ti
     assert "truncated or corrupt" in broken["error"]
 
 
-def actor_spec(model: str, outdir: Path | None = None, **job) -> ray_data._ActorSpec:
+def mask_actor(model: str, outdir: Path | None = None, **job) -> ray_data.MaskActor:
+    """The actor as Ray Data builds it, called here in-process."""
     job = MaskJob(outdir=outdir or Path("."), targets=make_targets(PROMPTS), negative_prompts=("grass",), **job)
-    return ray_data._ActorSpec(ray_data.ModelSpec(model), "cpu", job, write=outdir is not None, return_masks=True)
+    return ray_data.MaskActor(ModelSpec(model), "cpu", job, write=outdir is not None, masks=True)
 
 
 def test_read_images_batches_are_accepted(local_ray, images: Path, tiny_model_dir: Path, tiny_session):
     """A batch exactly as ``ray.data.read_images(..., include_paths=True)`` hands it to ``map_batches``."""
     files = [str(images / "top.png"), str(images / "grey.png")]
     batch = ray.data.read_images(files, include_paths=True, mode="RGB").take_batch(batch_format="numpy")
-    result = ray_data.MaskActor(actor_spec(str(tiny_model_dir)))(batch)
+    result = mask_actor(str(tiny_model_dir))(batch)
     assert result["status"] == ["masked", "masked"]
     for path, masks in zip(result["path"], result["masks"]):
         (name,) = [Path(f).name for f in files if f.endswith(Path(path).name)]
@@ -126,11 +129,36 @@ def test_read_images_batches_are_accepted(local_ray, images: Path, tiny_model_di
 
 def test_a_model_that_does_not_load_gives_fatal_rows_not_a_crash(tmp_path: Path, images: Path):
     """The actor must not die in its constructor (Ray would restart it forever): it answers every row 'fatal'."""
-    actor = ray_data.MaskActor(actor_spec(str(tmp_path / "no-model"), tmp_path / "out"))
+    actor = mask_actor(str(tmp_path / "no-model"), tmp_path / "out")
     result = actor({"path": np.array([str(images / "top.png"), str(images / "grey.png")])})
     assert result["status"] == ["fatal", "fatal"]
     assert "cannot load model" in result["error"][0] and "no-model" in result["error"][0]
     assert not (tmp_path / "out").exists()
+
+
+def test_out_of_memory_and_a_full_disk_give_fatal_rows(tmp_path: Path, images: Path, tiny_model_dir: Path, monkeypatch):
+    """What stops the run reaches the driver as ``fatal`` rows (the actor itself, called in-process)."""
+    import errno
+
+    from textmask.engine import OutOfMemoryError
+
+    rows = {"path": np.array([str(images / "top.png"), str(images / "grey.png")])}
+    actor = mask_actor(str(tiny_model_dir), tmp_path / "out")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ray_data, "write_image_outputs", full)
+    result = actor(rows)
+    assert result["status"] == ["fatal", "fatal"] and "No space left on device; stopping" in result["error"][0]
+
+    def no_memory(*args, **kwargs):
+        raise OutOfMemoryError("out of memory", "cpu", "CPU allocator: 9 GiB")
+
+    monkeypatch.setattr(actor.session, "mask", no_memory)
+    result = actor(rows)
+    assert result["status"] == ["fatal", "fatal"] and "out of memory on cpu even one image" in result["error"][0]
+    assert not any((tmp_path / "out").rglob("*.png"))
 
 
 # ------------------------------------------------------------------------------------------- files
@@ -161,7 +189,7 @@ def small_clip(folder: Path, frames: int = 6) -> Path | None:
 def test_cli_engine_ray_writes_the_same_files_as_the_local_engine(
     local_ray, images: Path, tiny_model_dir: Path, tmp_path: Path
 ):
-    clip = small_clip(tmp_path)  # a video too, when PyAV can write one: masked whole by one Ray task
+    clip = small_clip(tmp_path)  # a video too, when PyAV can write one: masked whole in one actor call
     inputs = [str(images)] + ([str(clip)] if clip else [])
     common = ["-p", "a cat", "-p", "the sky", "-n", "grass", "-k", "mask", "-k", "cutout", "--threshold", "0.5"]
     common += ["--softness", "0.2", "--video-output", "frames"]
@@ -220,12 +248,10 @@ def test_resume_skips_existing_outputs_and_writes_through_pyarrow(
     out.mkdir()
     (out / done_before).write_bytes(b"finished by an earlier run")
     calls: list[tuple[int, int]] = []
-    report = ray_data.run_ray_job(
+    # A pyarrow filesystem: the path other filesystems (HDFS, S3...) take, with no local renames.
+    report = ray_data.RayExecutor(ModelSpec(str(tiny_model_dir), device="cpu"), **ACTORS).run(
         discovery.items,
-        MaskJob(outdir=Path(out.as_posix()), **job),
-        ray_data.ModelSpec(str(tiny_model_dir), device="cpu"),
-        ray_data.Resources(**ACTORS),
-        filesystem=pafs.LocalFileSystem(),  # the path other filesystems (HDFS, S3...) take: no local renames
+        MaskJob(outdir=Path(out.as_posix()), filesystem=pafs.LocalFileSystem(), **job),
         progress=lambda done, total: calls.append((done, total)),
     )
     # top.png still needed its overlay, so it was scheduled; its finished mask was not rewritten.
@@ -240,11 +266,8 @@ def test_resume_skips_existing_outputs_and_writes_through_pyarrow(
 
     # A second run finds every output (one listing of the folder) and schedules nothing: not even Ray is used.
     readable = [item for item in discovery.items if "broken" not in item.source]  # the broken file is retried
-    again = ray_data.run_ray_job(
-        readable,
-        MaskJob(outdir=Path(out.as_posix()), **job),
-        ray_data.ModelSpec("no-such/model"),  # never loaded: there is nothing to do
-        filesystem=pafs.LocalFileSystem(),
+    again = ray_data.RayExecutor(ModelSpec("no-such/model")).run(  # never loaded: there is nothing to do
+        readable, MaskJob(outdir=Path(out.as_posix()), filesystem=pafs.LocalFileSystem(), **job)
     )
     assert again.skipped == len(GOOD) and again.processed == 0 and again.written == [] and again.failed == 0
     assert again.cluster == {}
