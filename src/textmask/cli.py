@@ -2,7 +2,7 @@
 
 The work lives in the engine's modules: :mod:`textmask.io` (inputs, output names, resume, atomic writes,
 rendering), :mod:`textmask.jobs` (the masking loop and its report), :mod:`textmask.video` (PyAV streaming)
-and :mod:`textmask.info`. Heavy imports (torch, transformers) happen inside the commands, so ``--help`` is
+and :mod:`textmask.info`. Heavy imports (torch) happen inside the commands, so ``--help`` is
 instant.
 
 Exit codes: 0 all done; 1 some inputs failed (the others were written); 2 usage error; 3 could not start
@@ -38,7 +38,7 @@ def _err(message: str) -> None:
 
 
 def _quiet_libraries() -> None:
-    """Route textmask's log and warnings to stderr as one-liners; silence transformers' loading bars."""
+    """Route textmask's log and warnings to stderr as one-liners."""
     logger = logging.getLogger("textmask")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -46,13 +46,6 @@ def _quiet_libraries() -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.WARNING)
         logger.propagate = False
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        pass
 
 
 class _Warnings:
@@ -689,7 +682,10 @@ def info_command(cache_dir: str | None, as_json: bool) -> None:
         return
     echo = click.echo
     echo(f"textmask {env['textmask']}  (Python {env['python']}, {env['platform']})")
-    echo(f"torch {env['torch']}, transformers {env['transformers']}, Pillow {env['pillow']}, PyAV {env['av'] or '-'}")
+    echo(
+        f"torch {env['torch']}, transformers {env['transformers'] or '-'} (interop only), Pillow {env['pillow']}, "
+        f"PyAV {env['av'] or '-'}"
+    )
     echo(f"devices (--device auto → {env['auto_device']}):")
     for device in env["devices"]:
         echo(f"  {device['name']}: {device['detail']}")

@@ -209,16 +209,6 @@ def _list_existing(fs: Any, root: str) -> set[str]:
 
 
 # ------------------------------------------------------------------------------------------- actors
-def _quiet_transformers() -> None:
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        pass
-
-
 def _array_image(array: np.ndarray, source: str) -> LoadedImage:
     """A decoded image from a ``read_images`` row (``[H, W]`` or ``[H, W, C]``) → levels (+ alpha if C is 2 or 4)."""
     from .images import to_levels
@@ -245,7 +235,6 @@ def _load_session(spec: _ActorSpec) -> tuple[Any, str | None]:
     import textmask
 
     torch.set_num_threads(max(1, spec.threads))
-    _quiet_transformers()
     model = spec.model
     try:
         session = textmask.load(
@@ -418,7 +407,7 @@ class MaskActor:
 def runtime_env() -> dict[str, Any]:
     """A Ray ``runtime_env`` that ships this process's textmask package to every worker, for your own
     ``ray.init(runtime_env=textmask.ray_data.runtime_env())``: the workers then run exactly this code (and
-    name files the same way) and need only textmask's dependencies (torch, transformers, Pillow...)."""
+    name files the same way) and need only textmask's dependencies (torch, tokenizers, Pillow...)."""
     import textmask
 
     return {"py_modules": [str(Path(textmask.__file__).parent)]}
