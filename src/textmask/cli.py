@@ -664,7 +664,8 @@ def _verify_model(folder: Path) -> str:
     mask = session.mask(np.zeros((32, 32, 3), dtype=np.uint8), "a cat")
     if tuple(mask.shape) != (32, 32) or not bool(mask.isfinite().all()):
         raise ModelLoadError(f"model folder {folder}: loads, but a test mask came out wrong ({tuple(mask.shape)})")
-    parameters = sum(p.numel() for p in session.model.parameters())
+    session.clipseg.complete_vision_tower()  # read the layers masks skip too: every weight in the file is checked
+    parameters = sum(p.numel() for p in session.clipseg.parameters())
     return f"weights ({parameters / 1e6:.1f} M parameters) and tokenizer load, and a test mask runs"
 
 
