@@ -7,7 +7,8 @@ Quick start::
     masks = session.mask(images, ["cat", "dog"], threshold=0.4)   # [B, H, W] in [0, 1]
     masks = session.mask(images, textmask.ImagePrompt("example.png"))  # mask what looks like the example
 
-Imports are lazy: ``import textmask`` loads neither torch nor transformers until something is used.
+Imports are lazy: ``import textmask`` loads no torch until something is used. transformers is never needed:
+textmask runs its own CLIPSeg modules (:mod:`textmask.clipseg`); it is only used to interoperate with it.
 """
 
 from __future__ import annotations

@@ -6,14 +6,14 @@ vision tower once per image (and only up to the last layer the decoder reads),
 :meth:`Segmenter.decode` runs only the small decoder per (image, prompt) pair. :meth:`Segmenter.predict`
 and :meth:`Segmenter.mask` chain the three over any number of images in bounded chunks.
 
-Numerically the path is the reference ``transformers`` CLIPSeg forward, module for module: the same
+The model is textmask's own CLIPSeg (:mod:`textmask.clipseg`; no transformers at run time). Numerically
+the path is the reference transformers CLIPSeg forward (SDPA attention), module for module: the same
 pixels (see :mod:`textmask.resize`), the same vision layers, the same decoder. Only work whose result is
 never used is skipped.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import warnings
 from collections import OrderedDict
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .clipseg.layers import Attention, DecoderLayer, EncoderLayer, QuickGELU
 from .constants import DEFAULT_MODEL
 from .detail import blend_tiles, gate, scale_box, tile_boxes, tile_grid
 from .errors import (
@@ -93,30 +94,22 @@ class OutOfMemoryError(TextmaskError, _TorchOutOfMemory):  # type: ignore[misc,v
         self.detail = detail
 
 
-def _call_layer(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """Run one CLIPSeg encoder/decoder layer, whatever the transformers version's signature."""
-    parameters = inspect.signature(layer.forward).parameters
-    if "causal_attention_mask" in parameters:  # transformers 4.x
-        out = layer(hidden, None, None)
-    else:
-        out = layer(hidden, attention_mask=None)
-    return out[0] if isinstance(out, tuple) else out
-
-
 def _call_module(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     return layer(hidden)
 
 
 def _quick_gelu_(values: torch.Tensor) -> torch.Tensor:
-    """``x * sigmoid(1.702 x)`` (CLIP's activation) in place: the same elementwise ops as transformers'
-    ``QuickGELUActivation``, so the same bits, with one large temporary instead of two."""
-    gate = values.mul(1.702)
-    gate.sigmoid_()
-    return values.mul_(gate)
+    """``x * sigmoid(1.702 x)`` (CLIP's activation) in place: the same elementwise ops as
+    :class:`~textmask.clipseg.layers.QuickGELU` (and transformers'), so the same bits, with one large
+    temporary instead of two."""
+    factor = values.mul(1.702)
+    factor.sigmoid_()
+    return values.mul_(factor)
 
 
-def _encoder_layer(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """One CLIP vision encoder layer, unmasked: the ops of transformers' SDPA forward in the same order.
+def _encoder_layer(layer: EncoderLayer, hidden: torch.Tensor) -> torch.Tensor:
+    """One CLIP vision encoder layer, unmasked: the ops of :class:`~textmask.clipseg.layers.EncoderLayer`
+    in the same order.
 
     The result is bit-identical to ``layer(hidden)`` (float addition and multiplication commute exactly),
     but residual sums and the activation are computed in place: on a CPU, every fresh tensor of tens of
@@ -130,12 +123,13 @@ def _encoder_layer(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor
     mlp = layer.mlp
     inner = mlp.fc1(layer.layer_norm2(hidden))
     activation = mlp.activation_fn
-    inner = _quick_gelu_(inner) if type(activation).__name__ == "QuickGELUActivation" else activation(inner)
+    inner = _quick_gelu_(inner) if isinstance(activation, QuickGELU) else activation(inner)
     return mlp.fc2(inner).add_(hidden)
 
 
-def _attention(attention: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """transformers' ``CLIPSegAttention`` with SDPA and no mask, op for op: ``[B, T, D]`` → ``[B, T, D]``."""
+def _attention(attention: Attention, hidden: torch.Tensor) -> torch.Tensor:
+    """:class:`~textmask.clipseg.layers.Attention` without a mask, op for op: ``[B, T, D]`` → ``[B, T, D]``,
+    freeing the query, key and value before the output projection."""
     batch, tokens, _ = hidden.shape
     shape = (batch, tokens, attention.num_heads, attention.head_dim)
     query = attention.q_proj(hidden).view(shape).transpose(1, 2)
@@ -146,31 +140,13 @@ def _attention(attention: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor
     return attention.out_proj(attended.transpose(1, 2).reshape(batch, tokens, -1).contiguous())
 
 
-def _decoder_layer(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+def _decoder_layer(layer: DecoderLayer, hidden: torch.Tensor) -> torch.Tensor:
     """One CLIPSeg decoder layer (post-norm), bit-identical to ``layer(hidden)``, residuals in place."""
     hidden = layer.layer_norm1(_attention(layer.self_attn, hidden).add_(hidden))
     mlp = layer.mlp
     inner = mlp.fc1(hidden)
     inner = torch.relu_(inner) if isinstance(mlp.activation_fn, torch.nn.ReLU) else mlp.activation_fn(inner)
     return layer.layer_norm2(mlp.fc2(inner).add_(hidden))
-
-
-def _layers_match_sdpa(model: torch.nn.Module) -> bool:
-    """Whether :func:`_encoder_layer` reproduces this model's vision layers (transformers' SDPA attention)."""
-    vision = model.clip.vision_model
-    implementation = getattr(vision.config, "_attn_implementation", None) or getattr(
-        model.config, "_attn_implementation", None
-    )
-    decoder_attention = model.decoder.layers[0].self_attn
-    decoder_implementation = getattr(getattr(decoder_attention, "config", None), "_attn_implementation", None)
-    if implementation != "sdpa" or decoder_implementation != "sdpa" or vision.encoder.layers[0].training:
-        return False
-    layer = vision.encoder.layers[0]
-    attention = getattr(layer, "self_attn", None)
-    names = ("num_heads", "head_dim", "scale", "q_proj", "k_proj", "v_proj", "out_proj")
-    return all(hasattr(attention, name) for name in names) and all(
-        hasattr(layer, name) for name in ("layer_norm1", "layer_norm2", "mlp")
-    )
 
 
 @dataclass
@@ -214,20 +190,22 @@ class Segmenter:
 
     def __init__(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
-        self.model = loaded.model
+        self.clipseg = loaded.model  # textmask's CLIPSeg modules: what runs
+        # What the session stands for: the caller's own model when session_from_hf uses it as is (the CLIPSeg
+        # above holds its very parameters), else the CLIPSeg itself.
+        self.model = loaded.shares_parameters_of if loaded.shares_parameters_of is not None else loaded.model
         self.tokenizer = loaded.tokenizer
         self.preprocess_config = loaded.preprocess
         self.device = loaded.device
         self.dtype = loaded.dtype
-        config = self.model.config
+        config = self.clipseg.config
         self.extract_layers: list[int] = list(config.extract_layers)
-        self.conditional_layer: int = int(getattr(config, "conditional_layer", 0))
+        self.conditional_layer: int = int(config.conditional_layer)
         self.max_prompt_tokens: int = int(config.text_config.max_position_embeddings)
-        vision = self.model.clip.vision_model
-        self._vision_layers = list(vision.encoder.layers[: max(self.extract_layers) + 1])
-        exact_sdpa = _layers_match_sdpa(self.model)
-        self._run_layer = _encoder_layer if exact_sdpa else _call_layer
-        self._run_decoder_layer = _decoder_layer if exact_sdpa else _call_layer
+        vision = self.clipseg.clip.vision_model
+        self._vision_layers = list(vision.encoder.layers[: config.vision_layers_for_masks])
+        self._run_layer = _encoder_layer
+        self._run_decoder_layer = _decoder_layer
         if getattr(loaded, "fast", False):  # rearranged (and maybe int8) copies; the model stays as it is
             from .fast import fast_vision_layers
 
@@ -302,14 +280,14 @@ class Segmenter:
             pixel_values: ``[B, 3, S, S]`` from :meth:`preprocess`.
             sizes: each image's original ``(height, width)``.
         """
-        vision = self.model.clip.vision_model
+        vision = self.clipseg.clip.vision_model
         hidden = vision.pre_layrnorm(self._embed(pixel_values))
         activations: dict[int, torch.Tensor] = {}
         for index, layer in enumerate(self._vision_layers):
             hidden = self._run_layer(layer, hidden)
             if index in self.extract_layers:
                 activations[index] = hidden
-        decoder = self.model.decoder
+        decoder = self.clipseg.decoder
         ordered = [activations[i] for i in self.extract_layers][::-1]
         reduced = tuple(reduce(activation) for reduce, activation in zip(decoder.reduces, ordered))
         return ImageFeatures(reduced=reduced, sizes=list(sizes))
@@ -317,17 +295,16 @@ class Segmenter:
     def _embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``[B, 3, S, S]`` → patch + class embeddings with position embeddings ``[B, T, D]``.
 
-        The same ops as ``CLIPSegVisionEmbeddings.forward(..., interpolate_pos_encoding=True)``, except
-        that the interpolated position table (bicubic, per input size) is computed once and kept.
+        The same ops as :class:`~textmask.clipseg.towers.VisionEmbeddings` (transformers' with
+        ``interpolate_pos_encoding=True``), except that the interpolated position table (bicubic, per input
+        size) is computed once and kept.
         """
-        embeddings = self.model.clip.vision_model.embeddings
-        batch, _, height, width = pixel_values.shape
-        patches = embeddings.patch_embedding(pixel_values.to(dtype=embeddings.patch_embedding.weight.dtype))
-        patches = patches.flatten(2).transpose(1, 2)
-        hidden = torch.cat([embeddings.class_embedding.expand(batch, 1, -1), patches], dim=1)
+        embeddings = self.clipseg.clip.vision_model.embeddings
+        _, _, height, width = pixel_values.shape
+        hidden = embeddings.patches(pixel_values)
         positions = self._position_cache.get((height, width))
         if positions is None:
-            positions = embeddings.interpolate_pos_encoding(hidden, height, width)
+            positions = embeddings.position_table(height, width)
             self._position_cache[(height, width)] = positions
         return hidden + positions
 
@@ -420,7 +397,7 @@ class Segmenter:
                 values = pixels[index : index + 1]
                 if example.mask is not None:
                     values = blank_background(values[0], example.mask, example.background, example.blur)[None]
-                embedding = self.model.get_conditional_embeddings(batch_size=1, conditional_pixel_values=values)
+                embedding = self.clipseg.get_conditional_embeddings(batch_size=1, conditional_pixel_values=values)
                 self._example_cache[example.key] = embedding[0]
 
     def _encode_texts(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -448,7 +425,7 @@ class Segmenter:
         encoded: dict[str, torch.Tensor] = {}
         for text in texts:
             tokens = self.tokenizer([text], truncation=True, max_length=limit, return_tensors="pt")
-            embedding = self.model.get_conditional_embeddings(
+            embedding = self.clipseg.get_conditional_embeddings(
                 batch_size=1,
                 input_ids=tokens["input_ids"].to(self.device),
                 attention_mask=tokens["attention_mask"].to(self.device),
@@ -468,7 +445,7 @@ class Segmenter:
         Returns:
             logits ``[B, P, S, S]`` float32 (S = 352).
         """
-        decoder = self.model.decoder
+        decoder = self.clipseg.decoder
         batch, prompts = len(features), embeddings.shape[0]
         embeddings = embeddings.to(device=self.device, dtype=self.dtype)
         film_mul = decoder.film_mul(embeddings)[None, :, None, :]  # [1, P, 1, R]
@@ -1081,10 +1058,12 @@ def session_from_hf(
     """A :class:`Segmenter` over a ``(CLIPSegProcessor, CLIPSegForImageSegmentation)`` pair loaded elsewhere
     (e.g. another ComfyUI pack's loader).
 
-    Pixels are prepared as this processor prepares them (Pillow, or torchvision for transformers' torchvision
-    image processors), bit for bit. The caller's model is never changed: it is used as is when it already
-    sits on ``device`` in ``dtype``, otherwise a copy is moved there (``segmenter.model is not model`` tells
-    which). Sessions are cached per (processor, model, device, dtype); the last few are kept.
+    The model's weights go into textmask's own modules (:func:`textmask.model.adopt_model`), which run the
+    masks; pixels are prepared as this processor prepares them (Pillow, or torchvision for transformers'
+    torchvision image processors), bit for bit. The caller's model is never changed: when it already sits on
+    ``device`` in ``dtype`` its parameters are used as they are (not copied) and ``segmenter.model is model``;
+    otherwise converted copies are made (``segmenter.model`` is then textmask's module). Sessions are cached
+    per (processor, model, device, dtype); the last few are kept.
 
     Args:
         processor: its tokenizer and image-processor settings (size, resample, mean, std, rescale) are used.

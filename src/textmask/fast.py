@@ -29,7 +29,9 @@ _QUICK_GELU_FACTOR = 1.702
 
 
 def _is_quick_gelu(activation: Any) -> bool:
-    return type(activation).__name__ == "QuickGELUActivation"
+    from .clipseg.layers import QuickGELU
+
+    return isinstance(activation, QuickGELU)
 
 
 @functools.lru_cache(maxsize=1)
@@ -80,7 +82,7 @@ class Int8DynamicLinear(nn.Module):
 class FastVisionLayer(nn.Module):
     """One CLIP vision encoder layer (pre-norm attention + MLP), rearranged for speed.
 
-    Built from a transformers ``CLIPSegEncoderLayer`` by :meth:`from_layer`; ``forward`` maps
+    Built from a :class:`textmask.clipseg.layers.EncoderLayer` by :meth:`from_layer`; ``forward`` maps
     ``[B, T, D]`` → ``[B, T, D]`` like the original, with no attention mask.
     """
 

@@ -28,8 +28,11 @@ from typing import Any
 
 import torch
 
+from .clipseg import CLIPSeg, CLIPSegConfig, CLIPTextTokenizer, TokenizerFilesError, load_clipseg
+from .clipseg.model import same_device as _same_device
 from .constants import DEFAULT_MODEL, IMAGENET_MEAN, IMAGENET_STD, RANDOM_SOURCES
 from .errors import ModelLoadError, ModelNotFoundError, first_line
+from .vocab import VOCAB_SIZE as CLIP_VOCAB_SIZE
 
 log = logging.getLogger("textmask")
 
@@ -362,56 +365,64 @@ class LoadedModel:
 
     source: str
     folder: Path
-    model: Any  # transformers CLIPSegForImageSegmentation, eval mode, on ``device`` in ``dtype``
-    tokenizer: Any
+    model: CLIPSeg  # textmask's own modules, eval mode, on ``device`` in ``dtype``
+    tokenizer: Any  # CLIPTextTokenizer, or a foreign processor's transformers tokenizer
     preprocess: PreprocessConfig
     device: torch.device
     dtype: torch.dtype
     fast: bool = False  # dtype="fast": the vision tower runs textmask.fast layers
     quantize: str | None = None  # "int8": those layers' linear maps are int8 (CPU)
+    shares_parameters_of: Any = None  # adopt_model: the caller's model whose parameters ``model`` uses as they are
 
 
-def _load_weights(folder: Path, allow_pickle: bool) -> Any:
-    from transformers import CLIPSegForImageSegmentation
+def _read_config(folder: Path) -> CLIPSegConfig:
+    """The folder's ``config.json``, checked to be a CLIPSeg textmask can run.
 
-    has_safetensors = any(folder.glob("*.safetensors"))
-    if not has_safetensors and not allow_pickle:
-        pickled = [p.name for p in folder.glob("*.bin")]
-        detail = f"it only has {pickled}, " if pickled else ""
-        raise ModelNotFoundError(
-            f"model folder {folder} holds no *.safetensors weights; {detail}textmask loads only safetensors "
-            "by default (pickled .bin files can run code). Convert them, or pass allow_pickle=True "
-            "(--allow-pickle) for a source you trust."
-        )
-    try:
-        model = CLIPSegForImageSegmentation.from_pretrained(
-            str(folder), use_safetensors=has_safetensors or None, trust_remote_code=False
-        )
-    except Exception as exc:
-        files = ", ".join(sorted(p.name for p in folder.iterdir() if p.is_file()))
-        raise ModelLoadError(
-            f"model folder {folder}: the weights could not be loaded ({type(exc).__name__}: "
-            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}). The files may be corrupt "
-            f"or truncated; delete the folder and download it again. Files there: {files}"
-        ) from None
-    return model.eval()
-
-
-def _load_tokenizer(folder: Path, vocab_size: int | None = None) -> Any:
-    """The folder's tokenizer; ``vocab_size`` (the text model's) catches an empty one.
-
-    Without vocab.json and merges.txt, transformers 5 quietly builds a CLIP tokenizer with no vocabulary,
-    which turns every prompt into the same unknown tokens: refused here instead of giving meaningless masks.
+    Raises:
+        ModelLoadError: unreadable, not CLIPSeg, or an unsupported setting (named).
     """
-    from transformers import AutoTokenizer
+    path = folder / "config.json"
+    return CLIPSegConfig.from_file(path).check_supported(str(path))
 
+
+def _load_weights(
+    folder: Path, config: CLIPSegConfig, allow_pickle: bool, device: torch.device, dtype: torch.dtype
+) -> CLIPSeg:
+    """textmask's CLIPSeg with the folder's weights (safetensors, mmapped; a pickle only with ``allow_pickle``)."""
+    try:
+        return load_clipseg(folder, config, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    except (ModelNotFoundError, ModelLoadError):
+        raise
+    except Exception as exc:  # safetensors' SafetensorError, OSError, missing or misshapen tensors...
+        files = ", ".join(sorted(p.name for p in folder.iterdir() if p.is_file()))
+        text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+        detail = text.strip().splitlines()[0] if text.strip() else "no detail"
+        raise ModelLoadError(
+            f"model folder {folder}: the weights could not be loaded ({type(exc).__name__}: {detail}). "
+            f"The files may be corrupt or truncated; delete the folder and download it again. Files there: {files}"
+        ) from None
+
+
+def _load_tokenizer(folder: Path, vocab_size: int | None = None) -> CLIPTextTokenizer:
+    """The folder's tokenizer (``tokenizer.json``, or ``vocab.json`` + ``merges.txt``); CLIP's own vocabulary,
+    shipped with textmask, when the folder has no tokenizer files at all.
+
+    ``vocab_size`` (the text model's) catches an empty or foreign vocabulary, which would turn every prompt
+    into unknown tokens and give meaningless masks.
+    """
     needs = "The folder needs vocab.json + merges.txt (or tokenizer.json)."
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
-    except Exception as exc:
-        raise ModelLoadError(
-            f"model folder {folder}: the tokenizer could not be loaded ({type(exc).__name__}: {exc}). {needs}"
-        ) from None
+        tokenizer = CLIPTextTokenizer.from_folder(folder)
+    except TokenizerFilesError as exc:
+        raise ModelLoadError(f"model folder {folder}: the tokenizer could not be loaded ({exc}). {needs}") from None
+    if tokenizer is None:
+        if vocab_size not in (None, CLIP_VOCAB_SIZE):
+            raise ModelLoadError(
+                f"model folder {folder}: the tokenizer could not be loaded: the folder has no tokenizer files and the "
+                f"model's vocabulary ({vocab_size} tokens) is not CLIP's ({CLIP_VOCAB_SIZE}). {needs}"
+            )
+        log.info("%s has no tokenizer files; using CLIP's tokenizer (shipped with textmask)", folder)
+        tokenizer = CLIPTextTokenizer.shipped()
     if vocab_size and len(tokenizer) < vocab_size // 2:
         raise ModelLoadError(
             f"model folder {folder}: the tokenizer could not be loaded: it has {len(tokenizer)} tokens but the "
@@ -457,12 +468,13 @@ def load_model(
         if cached is not None:
             return cached
         folder = locate_model(source, cache_dir=cache_dir, download=download)
-        model = _load_weights(folder, allow_pickle).to(device=resolved_device, dtype=resolved_dtype)
+        config = _read_config(folder)
+        model = _load_weights(folder, config, allow_pickle, resolved_device, resolved_dtype)
         loaded = LoadedModel(
             source=str(source),
             folder=folder,
             model=model,
-            tokenizer=_load_tokenizer(folder, getattr(model.config.text_config, "vocab_size", None)),
+            tokenizer=_load_tokenizer(folder, config.text_config.vocab_size),
             preprocess=PreprocessConfig.from_folder(folder),
             device=resolved_device,
             dtype=resolved_dtype,
@@ -481,37 +493,33 @@ def clear_model_cache() -> None:
 
 
 # ------------------------------------------------------------------------------ foreign (processor, model)
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    if a.type != b.type:
-        return False
-    if a.type == "cuda":
-        current = torch.cuda.current_device() if torch.cuda.is_available() else 0
-        return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
-    return a.index == b.index or a.index is None or b.index is None
-
-
 def adopt_model(
     processor: Any,
     model: Any,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
 ) -> LoadedModel:
-    """Wrap a ``(CLIPSegProcessor, CLIPSegForImageSegmentation)`` pair that someone else loaded.
+    """Take a ``(CLIPSegProcessor, CLIPSegForImageSegmentation)`` pair that someone else loaded into textmask's
+    own modules.
 
-    The tokenizer and pixel settings (size, resample, mean, std, rescale factor) come from the processor.
-    The caller's model is never changed: when it is not already on ``device`` in ``dtype`` a copy is moved
-    there, and the copy is what the returned :class:`LoadedModel` holds.
+    The model's config becomes textmask's (:class:`~textmask.clipseg.CLIPSegConfig`) and its weights go into a
+    :class:`~textmask.clipseg.CLIPSeg`: when the model already sits on ``device`` in ``dtype``, as the very
+    same parameter objects (no copy; ``shares_parameters_of`` is then the caller's model), otherwise as
+    converted copies. The caller's model is never changed. The tokenizer is the processor's, used as it is;
+    the pixel settings (size, resample, mean, std, rescale factor, Pillow or torchvision) are read from its
+    image processor.
 
     Args:
         processor: anything with ``.tokenizer`` and ``.image_processor`` (a ``CLIPSegProcessor``).
-        model: a ``CLIPSegForImageSegmentation`` (anything with ``.clip.vision_model`` and ``.decoder``).
+        model: a ``CLIPSegForImageSegmentation`` (or textmask's ``CLIPSeg``).
         device: target device; None keeps the model's own device.
         dtype: target dtype; None keeps the model's own dtype.
 
     Raises:
-        ModelLoadError: when the pair is not a CLIPSeg processor and model.
+        ModelLoadError: when the pair is not a CLIPSeg processor and model, or the model's config is one
+            textmask's modules do not support.
     """
-    import copy
+    from .clipseg.hf import from_transformers
 
     tokenizer = getattr(processor, "tokenizer", None)
     image_processor = getattr(processor, "image_processor", None)
@@ -522,6 +530,7 @@ def adopt_model(
         or not parameters
         or not hasattr(getattr(model, "clip", None), "vision_model")
         or not hasattr(model, "decoder")
+        or getattr(model, "config", None) is None
     ):
         raise ModelLoadError(
             "expected a (CLIPSegProcessor, CLIPSegForImageSegmentation) pair, got "
@@ -530,17 +539,18 @@ def adopt_model(
     current_device, current_dtype = parameters[0].device, parameters[0].dtype
     target_device = current_device if device is None else resolve_device(device)
     target_dtype = current_dtype if dtype is None else resolve_dtype(dtype, target_device)
-    if _same_device(current_device, target_device) and current_dtype == target_dtype:
-        own = model
-    else:
-        own = copy.deepcopy(model).to(device=target_device, dtype=target_dtype).eval()
-    name = str(getattr(model.config, "_name_or_path", "") or "")
+    as_is = _same_device(current_device, target_device) and current_dtype == target_dtype
+    if isinstance(model, CLIPSeg):
+        model.complete_vision_tower()
+    own = from_transformers(model, device=None if as_is else target_device, dtype=None if as_is else target_dtype)
+    name = str(getattr(model.config, "_name_or_path", "") or getattr(model.config, "name_or_path", "") or "")
     return LoadedModel(
         source=name or f"{type(model).__name__}@{id(model):x}",
         folder=Path(name) if name else Path("."),
         model=own,
         tokenizer=tokenizer,
         preprocess=PreprocessConfig.from_image_processor(image_processor),
-        device=target_device if own is not model else current_device,
+        device=current_device if as_is else target_device,
         dtype=target_dtype,
+        shares_parameters_of=model if as_is else None,
     )

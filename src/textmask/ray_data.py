@@ -81,11 +81,8 @@ class MaskActor:
         self, model: ModelSpec, device: str, job: MaskJob, write: bool = True, masks: bool = False, threads: int = 1
     ) -> None:
         import torch
-        from transformers.utils import logging as hf_logging
 
         torch.set_num_threads(max(1, threads))
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
         self.job, self.write, self.masks, self.session, self.error = job, write, masks, None, ""
         try:
             self.session = model.load(device=device)

@@ -28,7 +28,7 @@ def err(message: str) -> None:
 
 
 def quiet_libraries() -> None:
-    """Route textmask's log and warnings to stderr as one-liners; silence transformers' loading bars."""
+    """Route textmask's log and warnings to stderr as one-liners."""
     logger = logging.getLogger("textmask")
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -36,13 +36,6 @@ def quiet_libraries() -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.WARNING)
         logger.propagate = False
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        pass
 
 
 class ShowWarnings:

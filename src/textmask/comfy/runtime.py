@@ -32,6 +32,7 @@ BROKEN_TRANSFORMERS = ("4.46.0",)  # its CLIPSeg interpolates position embedding
 
 _LOCK = threading.Lock()
 _PROCESSORS: dict[str, Any] = {}
+_TRANSFORMERS_MODELS: dict[int, tuple[Any, Any]] = {}  # id(LoadedModel) -> (it, its transformers model)
 _PATCHERS: OrderedDict[int, tuple[Segmenter, Any]] = OrderedDict()
 _PATCHERS_MAX = 4
 
@@ -97,7 +98,14 @@ def load_pair(name: str, device: str = "auto", dtype: str = "auto") -> ClipsegMo
                     "The folder needs preprocessor_config.json, vocab.json and merges.txt."
                 ) from None
             _PROCESSORS[str(folder)] = processor
-    return ClipsegModel((processor, loaded.model), folder=folder, device=device, dtype=dtype)
+        known = _TRANSFORMERS_MODELS.get(id(loaded))
+        if known is None or known[0] is not loaded:
+            from ..clipseg.hf import to_transformers
+
+            # Other packs' nodes call transformers' forward on the pair: a transformers model over the very
+            # parameters textmask loaded (nothing is copied).
+            known = _TRANSFORMERS_MODELS[id(loaded)] = (loaded, to_transformers(loaded.model))
+    return ClipsegModel((processor, known[1]), folder=folder, device=device, dtype=dtype)
 
 
 def comfy_device(choice: str = "auto") -> torch.device:
