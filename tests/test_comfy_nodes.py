@@ -154,10 +154,10 @@ def test_our_nodes_declare_the_promised_inputs_and_outputs():
     }  # fmt: skip
     assert masking["required"]["prompts"][1]["multiline"] is True
     assert masking["optional"]["clipseg_model"] == ("CLIPSEG_MODEL",)
-    # example inputs come after the old optional widgets, so saved workflows keep their widget values
+    # newer inputs come after the older optional widgets, so saved workflows keep their widget values
     assert list(masking["optional"]) == [
         "clipseg_model", "overlay_alpha", "example", "example_mask", "invert_example_mask", "example_mode",
-        "example_weight",
+        "example_weight", "detail", "temporal_smoothing",
     ]  # fmt: skip
     assert masking["optional"]["example"][0] == "IMAGE" and masking["optional"]["example_mask"][0] == "MASK"
     assert masking["optional"]["example_mode"][0] == ["separate", "blend"]
@@ -451,6 +451,25 @@ def test_advanced_node_is_the_engine_plus_previews(soft_pair):
     assert torch.equal(mask_image[..., 1], mask)
     assert torch.allclose(heatmap, heatmap_overlay(images, mask, 0.4))
     assert not torch.allclose(heatmap, images, atol=0.05)
+
+
+def test_advanced_node_detail_and_temporal_smoothing_are_the_engine(soft_pair):
+    from textmask.engine import session_from_hf
+
+    frames = smooth_images(5, 48, 64, seed=6)
+    node = TextmaskCLIPSegMasking()
+    common = dict(negative_prompts="", combine="union", normalize="none", blur=0.0, grow=0, invert=False)
+    session = session_from_hf(*soft_pair)
+    detailed, _, _ = node.mask(frames, "a cat", threshold=0.0, batch_size=2, clipseg_model=soft_pair, detail="2x2",
+                               **common)  # fmt: skip
+    assert torch.equal(detailed, session.mask(frames, "a cat", detail=(2, 2), batch_size=2))
+    smoothed, _, _ = node.mask(frames, "a cat", threshold=0.5, batch_size=2, clipseg_model=soft_pair,
+                               temporal_smoothing=0.6, **common)  # fmt: skip
+    stream = session.stream([["a cat"]], smoothing=0.6, threshold=0.5, batch_size=2)
+    assert torch.equal(smoothed, stream(frames)[:, 0])
+    plain, _, _ = node.mask(frames, "a cat", threshold=0.5, batch_size=2, clipseg_model=soft_pair, **common)
+    assert not torch.equal(smoothed, plain)
+    assert TextmaskCLIPSegMasking.INPUT_TYPES()["optional"]["detail"][1]["default"] == "off"
 
 
 def test_advanced_node_threshold_invert_and_intersection(soft_pair):

@@ -942,11 +942,30 @@ class MaskStream:
         self.smoothing, self.batch_size = smoothing, batch_size
         self._state: torch.Tensor | None = None
 
-    def __call__(self, frames: Any) -> torch.Tensor:
+    def __call__(
+        self,
+        frames: Any,
+        *,
+        output_size: tuple[int, int] | None = None,
+        progress: ProgressCallback | None = None,
+        output_device: str | torch.device = "cpu",
+    ) -> torch.Tensor:
+        """The next frames' masks.
+
+        Args:
+            frames: ``[B, H, W, C]`` (or a list of same-size frames), in order, after the previous call's.
+            output_size, progress, output_device: as for :meth:`Segmenter.mask`.
+
+        Returns:
+            ``[B, T, H, W]`` float32 in [0, 1].
+        """
         maps = self.session._run(
-            frames, self.embeddings, None, self.options, None, self.batch_size, None, "cpu", False
+            frames, self.embeddings, None, self.options, output_size, self.batch_size, progress, output_device, False
         )  # [B, P, H, W]
         if isinstance(maps, list):  # frames of a list input: one size per video, so stack them
+            sizes = {tuple(m.shape[-2:]) for m in maps}
+            if len(sizes) > 1:
+                raise InputError(f"frames: temporal smoothing needs frames of one size, got {sorted(sizes)}")
             maps = torch.stack(maps)
         if self.smoothing:
             maps, self._state = smooth_temporal(maps, self.smoothing, self._state)

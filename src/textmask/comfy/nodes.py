@@ -24,6 +24,7 @@ DTYPE_CHOICES = ["auto", "float32", "float16", "bfloat16"]
 NORMALIZE_CHOICES = ["minmax", "none", "seed"]
 COMBINE_CHOICES = ["union", "intersection"]
 EXAMPLE_MODE_CHOICES = ["separate", "blend"]
+DETAIL_CHOICES = ["off", "auto", "2x2", "3x3", "4x4"]
 
 # Inputs shared by the masking nodes (same names, ranges and tooltips everywhere).
 _NORMALIZE = (
@@ -39,6 +40,25 @@ _BLUR = ("FLOAT", {"default": 0.0, "min": 0.0, "max": 64.0, "step": 0.5, "toolti
 _GROW = ("INT", {"default": 0, "min": -256, "max": 256, "step": 1, "tooltip": "Grow (>0) or shrink (<0), pixels"})
 _BATCH_SIZE = ("INT", {"default": 8, "min": 1, "max": 256, "step": 1, "tooltip": "Images per forward pass"})
 _OVERLAY_ALPHA = ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "Heat-map opacity"})
+_DETAIL = (
+    DETAIL_CHOICES,
+    {
+        "default": "off",
+        "tooltip": "Detail for large images and small objects: also look at overlapping tiles at a higher scale "
+        "(auto: from the image size), gated by the whole-image pass. Each tile costs one more model pass",
+    },
+)
+_TEMPORAL_SMOOTHING = (
+    "FLOAT",
+    {
+        "default": 0.0,
+        "min": 0.0,
+        "max": 0.95,
+        "step": 0.05,
+        "tooltip": "For a batch that is a video's frames, in order: average each prompt's map over time to cut "
+        "flicker (0 off, 0.5 mild, 0.8 strong; lags on fast motion)",
+    },
+)
 _EXAMPLE_MASK = ("MASK", {"tooltip": "Marks the object in the example (1 = object); its background is then blanked"})
 _INVERT_EXAMPLE_MASK = (
     "BOOLEAN",
@@ -220,6 +240,8 @@ class TextmaskCLIPSegMasking:
                         "tooltip": "blend: the example's weight against each text prompt (1: equal)",
                     },
                 ),
+                "detail": _DETAIL,
+                "temporal_smoothing": _TEMPORAL_SMOOTHING,
             },
         }
 
@@ -251,6 +273,8 @@ class TextmaskCLIPSegMasking:
         invert_example_mask: bool = False,
         example_mode: str = "separate",
         example_weight: float = 1.0,
+        detail: str = "off",
+        temporal_smoothing: float = 0.0,
     ) -> tuple[Any, Any, Any]:
         """IMAGE ``[B, H, W, C]`` → mask ``[B, H, W]``, mask image and heat-map ``[B, H, W, 3]``."""
         from ..prompts import combine_prompts
@@ -261,8 +285,9 @@ class TextmaskCLIPSegMasking:
         visual = runtime.example_prompt(example, example_mask, bool(invert_example_mask))
         positive = combine_prompts(texts, visual, mix=example_mode, example_weight=float(example_weight))
         return _mask_with_previews(
-            images, positive, negative, clipseg_model, overlay_alpha, combine, normalize, threshold, blur, grow,
-            invert, batch_size,
+            images, positive, negative, clipseg_model, overlay_alpha, threshold, float(temporal_smoothing),
+            combine=combine, normalize=normalize, blur=float(blur), grow=int(grow), invert=bool(invert),
+            batch_size=int(batch_size), detail=detail,
         )  # fmt: skip
 
 
@@ -363,8 +388,8 @@ class TextmaskCLIPSegExampleMasking:
             crop=bool(example_crop),
         )
         return _mask_with_previews(
-            images, [visual], [], clipseg_model, overlay_alpha, "union", normalize, threshold, blur, grow, invert,
-            batch_size,
+            images, [visual], [], clipseg_model, overlay_alpha, threshold, normalize=normalize, blur=float(blur),
+            grow=int(grow), invert=bool(invert), batch_size=int(batch_size),
         )  # fmt: skip
 
 
@@ -374,35 +399,22 @@ def _mask_with_previews(
     negative: list[Any],
     clipseg_model: Any,
     overlay_alpha: float,
-    combine: str,
-    normalize: str,
     threshold: float,
-    blur: float,
-    grow: int,
-    invert: bool,
-    batch_size: int,
+    smoothing: float = 0.0,
+    **options: Any,
 ) -> tuple[Any, Any, Any]:
     """The masking nodes' common run: masks ``[B, H, W]`` at the first image's size, the mask as an IMAGE and
-    a heat-map preview ``[B, H, W, 3]``."""
+    a heat-map preview ``[B, H, W, 3]``. ``threshold`` 0 is off; ``options`` are :class:`textmask.MaskOptions`
+    fields; ``smoothing`` > 0 treats the batch as a video's frames, in order."""
     from ..postprocess import heatmap_overlay
     from . import runtime
 
     batch = runtime.as_images(images)
     size = runtime.first_size(batch)
     segmenter = runtime.segmenter_for(clipseg_model)
+    options["threshold"] = float(threshold) if threshold > 0 else None
     masks = runtime.run_masks(
-        segmenter,
-        batch,
-        prompts,
-        size,
-        negative_prompts=negative,
-        combine=combine,
-        normalize=normalize,
-        threshold=float(threshold) if threshold > 0 else None,
-        blur=float(blur),
-        grow=int(grow),
-        invert=bool(invert),
-        batch_size=int(batch_size),
+        segmenter, batch, prompts, size, negative_prompts=negative, smoothing=smoothing, **options
     )
     preview = heatmap_overlay(runtime.stack_at(batch, size).to(masks.device), masks, float(overlay_alpha))
     return masks, runtime.mask_to_image(masks), preview

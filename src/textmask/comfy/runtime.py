@@ -352,18 +352,25 @@ def run_masks(
     images: torch.Tensor | list[torch.Tensor],
     prompts: Any,
     output_size: tuple[int, int],
+    smoothing: float = 0.0,
+    batch_size: int | None = None,
+    negative_prompts: Any = (),
     **options: Any,
 ) -> torch.Tensor:
-    """``segmenter.mask`` with ComfyUI's progress bar, cancel button and output device: ``[B, H, W]`` in [0, 1]."""
+    """``segmenter.mask`` with ComfyUI's progress bar, cancel button and output device: ``[B, H, W]`` in [0, 1].
+
+    With ``smoothing`` > 0 the batch is a video's frames, in order (``segmenter.stream``)."""
     total = len(images)
-    masks = segmenter.mask(
-        images,
-        prompts,
-        output_size=output_size,
-        progress=progress_reporter(total),
-        output_device=output_device(),
-        **options,
-    )
+    run = {"output_size": output_size, "progress": progress_reporter(total), "output_device": output_device()}
+    if smoothing > 0:
+        stream = segmenter.stream(
+            [prompts], negative_prompts=negative_prompts, smoothing=smoothing, batch_size=batch_size, **options
+        )
+        masks = stream(images, **run)[:, 0]
+    else:
+        masks = segmenter.mask(
+            images, prompts, negative_prompts=negative_prompts, batch_size=batch_size, **run, **options
+        )
     assert isinstance(masks, torch.Tensor)
     return masks
 
