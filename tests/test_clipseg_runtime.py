@@ -188,6 +188,16 @@ def test_only_the_layers_masks_read_are_loaded_until_an_example_needs_the_rest(t
     assert torch.equal(layers[last].mlp.fc1.weight, stored)
 
 
+def test_example_prompts_after_the_weights_went_away_are_a_clear_error(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "moved"
+    shutil.copytree(tiny_model_dir, folder)
+    session = textmask.Segmenter(load_model(str(folder), reuse=False))
+    (folder / "model.safetensors").unlink()  # the loaded layers stay mapped; the others cannot be read now
+    assert session.mask(np.zeros((8, 8, 3), np.uint8), "a cat").shape == (8, 8)
+    with pytest.raises(ModelLoadError, match="example-image prompts need"):
+        session.encode_prompts(textmask.ImagePrompt(np.zeros((8, 8, 3), np.uint8)))
+
+
 def _mapped_file(address: int) -> str | None:
     """The file mapped at ``address`` in this process (Linux), or None."""
     for line in Path("/proc/self/maps").read_text().splitlines():
