@@ -237,6 +237,22 @@ def test_missing_or_misshapen_weights_are_clear_errors(tiny_model_dir: Path, tmp
         assert str(folder) in str(caught.value)
 
 
+def test_pickled_weights_load_only_when_allowed(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, folder)
+    torch.save(load_file(str(folder / "model.safetensors")), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(textmask.ModelNotFoundError, match="allow_pickle"):
+        load_model(str(folder), reuse=False)
+    pickled = textmask.Segmenter(load_model(str(folder), reuse=False, allow_pickle=True))
+    assert pickled.clipseg.has_full_vision_tower  # read whole (torch.load), so nothing is left for later
+    reference = textmask.Segmenter(load_model(str(tiny_model_dir), reuse=False))
+    image = np.full((30, 40, 3), 77, np.uint8)
+    assert torch.equal(pickled.predict(image, "a cat"), reference.predict(image, "a cat"))
+
+
 def test_a_folder_without_tokenizer_files_uses_the_shipped_clip_tokenizer(tiny_model_dir: Path, tmp_path) -> None:
     folder = tmp_path / "bare"
     folder.mkdir()
