@@ -396,7 +396,8 @@ def test_the_loader_pair_is_transformers_over_textmasks_parameters(tiny_model_di
 
 # ------------------------------------------------------------------------- no transformers at all
 def test_masks_without_transformers_installed(tmp_path: Path) -> None:
-    """A fresh process in which ``import transformers`` fails: load, mask, and example prompts all work."""
+    """A fresh process in which ``import transformers`` fails: building random-tiny, loading it, masking with
+    a text and with an example-image prompt all work, and transformers never gets imported."""
     script = textwrap.dedent(
         """
         import importlib.abc
@@ -422,7 +423,7 @@ def test_masks_without_transformers_installed(tmp_path: Path) -> None:
         """
     )
     src = Path(textmask.__file__).resolve().parents[1]
-    cache = Path(textmask.locate_model("random-tiny")).parent  # built already: the subprocess only loads it
+    cache = tmp_path / "cache"  # empty: the subprocess builds random-tiny too, without transformers
     env = {**os.environ, "PYTHONPATH": str(src), "TEXTMASK_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
