@@ -188,6 +188,16 @@ def test_only_the_layers_masks_read_are_loaded_until_an_example_needs_the_rest(t
     assert torch.equal(layers[last].mlp.fc1.weight, stored)
 
 
+def test_example_prompts_after_the_weights_went_away_are_a_clear_error(tiny_model_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "moved"
+    shutil.copytree(tiny_model_dir, folder)
+    session = textmask.Segmenter(load_model(str(folder), reuse=False))
+    (folder / "model.safetensors").unlink()  # the loaded layers stay mapped; the others cannot be read now
+    assert session.mask(np.zeros((8, 8, 3), np.uint8), "a cat").shape == (8, 8)
+    with pytest.raises(ModelLoadError, match="example-image prompts need"):
+        session.encode_prompts(textmask.ImagePrompt(np.zeros((8, 8, 3), np.uint8)))
+
+
 def _mapped_file(address: int) -> str | None:
     """The file mapped at ``address`` in this process (Linux), or None."""
     for line in Path("/proc/self/maps").read_text().splitlines():
@@ -225,6 +235,22 @@ def test_missing_or_misshapen_weights_are_clear_errors(tiny_model_dir: Path, tmp
         with pytest.raises(ModelLoadError, match=r"decoder\.film_add\.bias") as caught:
             load_model(str(folder), reuse=False)
         assert str(folder) in str(caught.value)
+
+
+def test_pickled_weights_load_only_when_allowed(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, folder)
+    torch.save(load_file(str(folder / "model.safetensors")), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(textmask.ModelNotFoundError, match="allow_pickle"):
+        load_model(str(folder), reuse=False)
+    pickled = textmask.Segmenter(load_model(str(folder), reuse=False, allow_pickle=True))
+    assert pickled.clipseg.has_full_vision_tower  # read whole (torch.load), so nothing is left for later
+    reference = textmask.Segmenter(load_model(str(tiny_model_dir), reuse=False))
+    image = np.full((30, 40, 3), 77, np.uint8)
+    assert torch.equal(pickled.predict(image, "a cat"), reference.predict(image, "a cat"))
 
 
 def test_a_folder_without_tokenizer_files_uses_the_shipped_clip_tokenizer(tiny_model_dir: Path, tmp_path) -> None:
@@ -370,7 +396,8 @@ def test_the_loader_pair_is_transformers_over_textmasks_parameters(tiny_model_di
 
 # ------------------------------------------------------------------------- no transformers at all
 def test_masks_without_transformers_installed(tmp_path: Path) -> None:
-    """A fresh process in which ``import transformers`` fails: load, mask, and example prompts all work."""
+    """A fresh process in which ``import transformers`` fails: building random-tiny, loading it, masking with
+    a text and with an example-image prompt all work, and transformers never gets imported."""
     script = textwrap.dedent(
         """
         import importlib.abc
@@ -396,7 +423,7 @@ def test_masks_without_transformers_installed(tmp_path: Path) -> None:
         """
     )
     src = Path(textmask.__file__).resolve().parents[1]
-    cache = Path(textmask.locate_model("random-tiny")).parent  # built already: the subprocess only loads it
+    cache = tmp_path / "cache"  # empty: the subprocess builds random-tiny too, without transformers
     env = {**os.environ, "PYTHONPATH": str(src), "TEXTMASK_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import ModelLoadError
 from .config import CLIPSegConfig
 from .decoder import Decoder
 from .layers import EncoderLayer
@@ -67,6 +68,7 @@ class CLIPSeg(nn.Module):
 
         Raises:
             RuntimeError: the model was built without them and without a way to load them.
+            ModelLoadError: their weights cannot be read (the file changed since the model was loaded).
         """
         if self.has_full_vision_tower:
             return
@@ -87,7 +89,13 @@ class CLIPSeg(nn.Module):
                     )
             prefix = "clip.vision_model.encoder.layers."
             names = [f"{prefix}{index}.{name}" for index, layer in new.items() for name, _ in layer.named_parameters()]
-            tensors = self._load_remaining(names)
+            try:
+                tensors = self._load_remaining(names)
+            except Exception as exc:  # the file changed or went away since the model was loaded
+                raise ModelLoadError(
+                    f"the vision layers after layer {len(layers) - 1}, which example-image prompts need, could not "
+                    f"be read from the model's weights ({type(exc).__name__}: {exc}); load the model again"
+                ) from None
             for index, layer in new.items():
                 own = {name: tensors[f"{prefix}{index}.{name}"] for name, _ in layer.named_parameters()}
                 assign_parameters(layer, own, device=reference.device, dtype=reference.dtype)

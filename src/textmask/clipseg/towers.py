@@ -149,15 +149,13 @@ class VisionTransformer(nn.Module):
         )
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """``[B, 3, H, W]`` → (pooled class token ``[B, D]`` after ``post_layernorm``, the output of each layer
-        ``[B, 1 + N, D]``). Runs the layers present; the pooled output is CLIP's only with the full tower."""
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` → the class token after the last layer present and ``post_layernorm`` ``[B, D]``
+        (CLIP's pooled image output when the tower is complete)."""
         hidden = self.pre_layrnorm(self.embeddings(pixel_values))
-        outputs: list[torch.Tensor] = []
         for layer in self.encoder.layers:
             hidden = layer(hidden)
-            outputs.append(hidden)
-        return self.post_layernorm(hidden[:, 0, :]), outputs
+        return self.post_layernorm(hidden[:, 0, :])
 
 
 class CLIPBackbone(nn.Module):
@@ -176,5 +174,4 @@ class CLIPBackbone(nn.Module):
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pixels ``[B, 3, H, W]`` → image embeddings ``[B, projection_dim]`` (needs the full vision tower)."""
-        pooled, _ = self.vision_model(pixel_values)
-        return self.visual_projection(pooled)
+        return self.visual_projection(self.vision_model(pixel_values))

@@ -100,12 +100,28 @@ def load_pair(name: str, device: str = "auto", dtype: str = "auto") -> ClipsegMo
             _PROCESSORS[str(folder)] = processor
         known = _TRANSFORMERS_MODELS.get(id(loaded))
         if known is None or known[0] is not loaded:
-            from ..clipseg.hf import to_transformers
-
-            # Other packs' nodes call transformers' forward on the pair: a transformers model over the very
-            # parameters textmask loaded (nothing is copied).
-            known = _TRANSFORMERS_MODELS[id(loaded)] = (loaded, to_transformers(loaded.model))
+            known = _TRANSFORMERS_MODELS[id(loaded)] = (loaded, _transformers_model(loaded.model, folder))
     return ClipsegModel((processor, known[1]), folder=folder, device=device, dtype=dtype)
+
+
+def _transformers_model(model: Any, folder: Path) -> Any:
+    """The pair's model, for other packs' nodes (they call transformers' forward on it): a transformers
+    ``CLIPSegForImageSegmentation`` over the very parameters textmask loaded (nothing is copied), or, should
+    this transformers' CLIPSeg not take them, its own load of the folder."""
+    from ..clipseg.hf import to_transformers
+
+    try:
+        return to_transformers(model)
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError):
+        log.warning("textmask: transformers' CLIPSeg would not share textmask's weights; loading again", exc_info=True)
+        from transformers import CLIPSegForImageSegmentation
+
+        try:
+            return CLIPSegForImageSegmentation.from_pretrained(str(folder)).eval()
+        except Exception as exc:
+            raise ModelLoadError(
+                f"CLIPSeg model folder {folder}: transformers could not load it ({type(exc).__name__}: {exc})"
+            ) from None
 
 
 def comfy_device(choice: str = "auto") -> torch.device:
