@@ -54,6 +54,11 @@ def serve(**options: Any) -> None:
         def handle_exit(self, sig: int, frame: Any) -> None:
             service.begin_drain()  # from now on mask requests get 503; those in flight finish
             super().handle_exit(sig, frame)
+            # uvicorn re-raises the signal once it has stopped (the process then dies of it); a graceful stop is
+            # a normal end for a service, so it returns instead and the command exits 0.
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured.clear()
 
     settings: dict[str, Any] = dict(
         host=config.host,

@@ -473,7 +473,9 @@
       const info = await response.json();
       state.info = info;
       if (!state.fields.length) buildControls(info.options);
-      badge.textContent = `${info.model} · ${info.device} · ${info.dtype}`;
+      const model = /^[./~]/.test(info.model) ? info.model.replace(/\/+$/, "").split("/").pop() : info.model;
+      badge.textContent = `${model} · ${info.device} · ${info.dtype}`;
+      badge.title = `Model ${info.model} on ${info.device} (${info.dtype}), textmask ${info.version}`;
       badge.className = `badge ${info.ready ? "ok" : "wait"}`;
       $("#random-note").hidden = !info.random_weights;
       updateCurl();
