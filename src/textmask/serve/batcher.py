@@ -1,10 +1,17 @@
 """The micro-batcher: concurrent requests from the event loop become one engine call on a worker thread.
 
 Requests are admitted against a bounded queue (:meth:`MicroBatcher.reserve`), then handed over with
-:meth:`MicroBatcher.submit`. The worker thread takes what is queued, up to ``max_batch``: when the engine was idle
-and the queue holds fewer, the first request waits up to ``wait_s`` for company; when the engine was busy, what
-piled up meanwhile goes at once. A request whose client has gone is dropped before it reaches the model. The
-event loop never runs model code, so it stays responsive while a batch runs.
+:meth:`MicroBatcher.submit`. The worker thread takes what is queued, up to ``max_batch``, when one of these holds:
+
+* ``max_batch`` requests wait;
+* the engine was idle: the first request has waited ``wait_s`` for company;
+* the engine has just finished a batch: as many requests wait as were running and waiting then (clients that send
+  their next request when an answer comes back are expected back), or a short refill time has passed (a tenth of
+  the last engine call, at least ``wait_s``, at most :data:`MAX_REFILL_S`).
+
+The last rule keeps closed-loop clients in one batch instead of letting them settle into alternating half-batches;
+it costs a lone client nothing (one request running, one expected). A request whose client has gone is dropped
+before it reaches the model. The event loop never runs model code, so it stays responsive while a batch runs.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any
 
 log = logging.getLogger("textmask.serve")
 
+MAX_REFILL_S = 0.25
 RunBatch = Callable[[list[Any]], list[Any]]
 """``run(requests) → results``, one per request, each a value or the exception that request failed with."""
 
@@ -78,6 +86,9 @@ class MicroBatcher:
     _stopping: bool = field(default=False, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
     _seconds_per_request: float = field(default=0.5, init=False)
+    _free_at: float = field(default=-math.inf, init=False)  # when the last engine call ended
+    _expected: int = field(default=1, init=False)  # requests running and waiting when it ended
+    _refill_s: float = field(default=0.0, init=False)
 
     # ------------------------------------------------------------------------------ event-loop side
     @property
@@ -166,8 +177,14 @@ class MicroBatcher:
                 self._cond.wait()
             if not self._queue:
                 return None
-            deadline = self._queue[0].arrived + self.wait_s  # an old first request (a busy engine) waits no more
-            while len(self._queue) < self.max_batch and not self._stopping:
+            first = self._queue[0].arrived
+            if first - self._free_at < self._refill_s:  # the engine has just been busy: refill to what it had
+                target = min(self.max_batch, self._expected)
+                deadline = max(first, self._free_at) + self._refill_s
+            else:  # the engine was idle: the first request waits a little for company
+                target = self.max_batch
+                deadline = first + self.wait_s
+            while len(self._queue) < target and not self._stopping:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -194,6 +211,10 @@ class MicroBatcher:
             if live:
                 per_request = seconds / len(live)
                 self._seconds_per_request = 0.8 * self._seconds_per_request + 0.2 * per_request
+                with self._cond:
+                    self._free_at = time.monotonic()
+                    self._expected = max(1, len(live) + len(self._queue))
+                    self._refill_s = min(MAX_REFILL_S, max(self.wait_s, 0.1 * seconds))
             for job, result in zip(live, results):
                 job.loop.call_soon_threadsafe(_resolve, job, result)
             if self.on_batch is not None:
