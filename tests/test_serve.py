@@ -541,6 +541,48 @@ def test_concurrent_requests_share_engine_calls(gated: tuple[str, GatedSession])
     assert sum(session.calls) == QUEUE and max(session.calls) > 1, session.calls
 
 
+def _closed_loop(clients: int, rounds: int, wait_s: float, engine_s: float) -> tuple[list[int], float]:
+    """``clients`` clients, started 30 ms apart, each sending its next request when its answer is in (after a 10 ms
+    round trip), on a batcher whose engine takes ``engine_s`` per call; the batch sizes and the wall time."""
+    import asyncio
+
+    from textmask.serve.batcher import MicroBatcher
+
+    sizes: list[int] = []
+
+    def run(requests: list[Any]) -> list[Any]:
+        sizes.append(len(requests))
+        time.sleep(engine_s)
+        return list(requests)
+
+    batcher = MicroBatcher(run=run, max_batch=8, wait_s=wait_s, capacity=64)
+    batcher.start()
+
+    async def client(number: int) -> None:
+        await asyncio.sleep(0.03 * number)  # they start apart, as uploads finish apart
+        for index in range(rounds):
+            batcher.reserve()
+            assert await batcher.submit([(number, index)]) == [(number, index)]
+            await asyncio.sleep(0.01)
+
+    async def everyone() -> None:
+        await asyncio.gather(*(client(number) for number in range(clients)))
+
+    started = time.perf_counter()
+    asyncio.run(everyone())
+    batcher.close(10)
+    return sizes, time.perf_counter() - started
+
+
+def test_closed_loop_clients_share_batches_and_a_lone_client_does_not_wait() -> None:
+    sizes, _ = _closed_loop(clients=4, rounds=8, wait_s=0.002, engine_s=0.3)
+    assert sum(sizes) == 32
+    assert sum(sizes) / len(sizes) > 3, sizes  # not alternating halves: the four come back into one batch
+    sizes, seconds = _closed_loop(clients=1, rounds=6, wait_s=0.3, engine_s=0.02)
+    assert sizes == [1] * 6
+    assert seconds < 0.3 + 6 * (0.02 + 0.01) + 0.6, seconds  # only the very first request waited for company
+
+
 # ------------------------------------------------------------------------------------------ page
 def _chrome() -> tuple[str, str] | None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -609,7 +651,6 @@ def test_faces_do_not_import_each_other() -> None:
         "import sys, textmask.cli, textmask.serve.app\n"
         "bad = [m for m in sys.modules if m.startswith(('textmask.comfy', 'textmask.ray_data'))]\n"
         "assert not bad, bad\n"
-        "import importlib; importlib.reload(textmask.serve.app)\n"
     )
     env = dict(os.environ, PYTHONPATH=str(SRC))
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
