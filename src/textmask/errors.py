@@ -34,6 +34,10 @@ class InputError(TextmaskError, ValueError):
     """An image input cannot be used (wrong shape, dtype, values, or an unreadable file)."""
 
 
+class ImageTooLargeError(InputError):
+    """An image has more pixels than may be opened safely (Pillow's decompression-bomb limit, or a face's own)."""
+
+
 class PromptError(TextmaskError, ValueError):
     """A prompt cannot be used (wrong type, or an example image that cannot be read)."""
 

@@ -29,7 +29,7 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from .errors import InputError
+from .errors import ImageTooLargeError, InputError
 
 ImageInput = Union[torch.Tensor, np.ndarray, "PIL.Image.Image", str, os.PathLike]  # noqa: F821
 
@@ -86,7 +86,7 @@ def load_image(
     except UnidentifiedImageError:
         raise InputError(f"{name}: {shown} is not an image Pillow can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(
+        raise ImageTooLargeError(
             f"{name}: {shown} is too large to open safely (over Image.MAX_IMAGE_PIXELS = "
             f"{Image.MAX_IMAGE_PIXELS:,} pixels); if you trust the file, raise PIL.Image.MAX_IMAGE_PIXELS"
         ) from None
@@ -95,6 +95,30 @@ def load_image(
     if image.width == 0 or image.height == 0:
         raise InputError(f"{name}: {shown} has zero size ({image.width}×{image.height})")
     return image
+
+
+def image_size(data: bytes, name: str = "image", shown: str = "the upload") -> tuple[int, int]:
+    """``(width, height)`` of an encoded image from its header alone (no pixel is decoded): to refuse an image too
+    large for a limit before decoding it.
+
+    Raises:
+        InputError: the bytes are not an image Pillow can read (the message calls it ``name``: ``shown``).
+    """
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the caller compares the size
+            with Image.open(io.BytesIO(data)) as opened:
+                return int(opened.width), int(opened.height)
+    except UnidentifiedImageError:
+        raise InputError(f"{name}: {shown} is not an image Pillow can read") from None
+    except Image.DecompressionBombError:
+        raise ImageTooLargeError(f"{name}: {shown} is too large to open safely") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{name}: {shown} is truncated or corrupt ({exc})") from None
 
 
 def alpha_channel(image: Any) -> torch.Tensor | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -263,13 +263,15 @@ class MaskOptions:
             (also given as True, an int N for N×N, or ``"RxC"``). Not with ``normalize="seed"``.
     """
 
-    normalize: str = "none"
-    combine: str = "union"
-    threshold: float | None = None
-    threshold_softness: float = 0.0
+    # Field metadata (``choices``, ``min``, ``max``) describes the valid values to faces that build controls or
+    # API parameters from the fields generically (the HTTP service's ``/v1/info``); ``__post_init__`` enforces them.
+    normalize: str = field(default="none", metadata={"choices": NORMALIZE_MODES})
+    combine: str = field(default="union", metadata={"choices": COMBINE_MODES})
+    threshold: float | None = field(default=None, metadata={"min": 0.0, "max": 1.0})
+    threshold_softness: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
     grow: int = 0
-    blur: float = 0.0
-    feather: float = 0.0
+    blur: float = field(default=0.0, metadata={"min": 0.0, "max": MAX_BLUR_PIXELS})
+    feather: float = field(default=0.0, metadata={"min": 0.0, "max": MAX_BLUR_PIXELS})
     invert: bool = False
     detail: Any = "off"
 
@@ -437,6 +439,13 @@ def finish_masks(positive: torch.Tensor, negative: torch.Tensor | None, options:
     mask = combine(positive, options.combine, dim=1)
     removed = negative.amax(dim=1) if negative is not None and negative.shape[1] > 0 else None
     return finish(mask, removed, options)
+
+
+def map_scores(maps: torch.Tensor) -> torch.Tensor:
+    """Each map's peak and mean value: ``[..., H, W]`` → ``[..., 2]`` float32 (max, mean), e.g. how strongly and
+    how widely each prompt matched, or a finished mask's coverage (its mean)."""
+    values = maps.float()
+    return torch.stack([values.amax(dim=(-2, -1)), values.mean(dim=(-2, -1))], dim=-1)
 
 
 # -------------------------------------------------------------------------------------------- time

@@ -263,16 +263,24 @@ def write_image_outputs(
     Raises:
         OSError: an output could not be written (see :func:`write_error`).
     """
+    return [store.write(output.path, render_png(output.kind, image, masks[output.target], bits)) for output in outputs]
+
+
+def render_png(kind: str, image: Any, mask: Any, bits: int = 8) -> bytes:
+    """One output of one image as the bytes of its PNG file (what the CLI writes and the HTTP service answers).
+
+    Args:
+        kind: ``mask`` (8- or 16-bit grey), ``overlay`` (RGB heat map on the image) or ``cutout`` (RGBA).
+        image: its :class:`~textmask.images.LoadedImage` (colours for overlays, alpha for cut-outs).
+        mask: ``[H, W]`` in [0, 1].
+        bits: 8 or 16, for masks.
+    """
     from ..images import encode_png
     from ..postprocess import render
 
-    written = []
-    for output in outputs:
-        rendered = render(output.kind, image.levels, masks[output.target], image.alpha, bits)
-        array = rendered.cpu().numpy()
-        array = array.astype("uint16") if output.kind == "mask" and bits == 16 else array.astype("uint8", copy=False)
-        written.append(store.write(output.path, encode_png(array)))
-    return written
+    array = render(kind, image.levels, mask, image.alpha, bits).cpu().numpy()
+    array = array.astype("uint16") if kind == "mask" and bits == 16 else array.astype("uint8", copy=False)
+    return encode_png(array)
 
 
 def write_error(item: InputItem, error: OSError) -> OutputError | Failure:
