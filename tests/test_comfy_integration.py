@@ -311,7 +311,10 @@ def test_cancel_stops_the_node_between_chunks(comfyui):
 
 
 def _ui_to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[str, Any]:
-    """What ComfyUI's frontend queues for a saved UI workflow (links + widget values), for plain nodes."""
+    """What ComfyUI's frontend queues for a saved UI workflow (links + widget values), for plain nodes.
+
+    A workflow saved before a node gained widgets has fewer values than widgets; like the frontend, the new
+    (trailing) widgets then take their defaults."""
     links = {link[0]: link for link in workflow["links"]}
     prompt: dict[str, Any] = {}
     for node in workflow["nodes"]:
@@ -328,8 +331,9 @@ def _ui_to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[st
                 kind = "COMBO" if isinstance(spec[0], list) else spec[0]
                 if kind not in WIDGET_TYPES or name in inputs:
                     continue
-                inputs[name] = values.pop(0)
                 options = spec[1] if len(spec) > 1 else {}
+                default = options.get("default", spec[0][0] if kind == "COMBO" else None)
+                inputs[name] = values.pop(0) if values else default
                 if options.get("image_upload") or options.get("control_after_generate"):
                     values.pop(0)  # the upload button / "control after generate" value
         assert values == [], (node["type"], values)

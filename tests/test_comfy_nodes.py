@@ -372,12 +372,32 @@ def test_owned_model_is_wrapped_for_comfy_model_management(tiny_model_dir, comfy
     first, _ = SaltCLIPSegMasking().CLIPSeg_image(images, "cat", clipseg_model=pair)
     assert len(comfy.load_calls) == 1
     (patcher,) = comfy.load_calls[0]["models"]
-    assert isinstance(patcher.model, torch.nn.Module) and patcher.model.hf is pair[1]  # CPU: same object
+    from textmask.model import load_model
+
+    loaded = load_model(str(tiny_model_dir), device="cpu", dtype="float32").model  # what the loader loaded
+    assert isinstance(patcher.model, torch.nn.Module) and patcher.model.hf is loaded  # CPU: same object, no copy
     assert patcher.model.device == torch.device("cpu")
     comfy.unload_all()  # ComfyUI frees memory (POST /free)
     second, _ = SaltCLIPSegMasking().CLIPSeg_image(images, "cat", clipseg_model=pair)
     assert len(comfy.load_calls) == 2 and comfy.load_calls[1]["models"][0] is patcher  # same patcher, reloaded
     assert torch.equal(first, second)
+
+
+def test_our_nodes_never_build_the_pairs_transformers_objects(tiny_model_dir, tmp_path):
+    """The loader's pair is built lazily for other packs' nodes; textmask's own nodes run without it."""
+    import shutil
+
+    folder = tmp_path / "fresh-clipseg"
+    shutil.copytree(tiny_model_dir, folder)
+    (pair,) = SaltCLIPSegLoader().clipseg_model(str(folder))
+    masks, _ = SaltCLIPSegMasking().CLIPSeg_image(smooth_images(1, 30, 40), "cat", clipseg_model=pair)
+    TextmaskCLIPSegMasking().mask(smooth_images(1, 30, 40), "cat", clipseg_model=pair)
+    assert masks.shape == (1, 30, 40)
+    assert pair[0]._value is None and pair[1]._value is None  # neither the processor nor the model was built
+    from transformers import CLIPSegForImageSegmentation
+
+    assert isinstance(pair[1], CLIPSegForImageSegmentation)  # another pack's first use builds it
+    assert pair[1]._value is not None and next(pair[1].parameters()).dtype == torch.float32
 
 
 def test_a_model_management_failure_only_costs_the_management(tiny_model_dir, comfy, monkeypatch, caplog):

@@ -31,8 +31,8 @@ DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
 BROKEN_TRANSFORMERS = ("4.46.0",)  # its CLIPSeg interpolates position embeddings wrongly at 352×352
 
 _LOCK = threading.Lock()
-_PROCESSORS: dict[str, Any] = {}
-_TRANSFORMERS_MODELS: dict[int, tuple[Any, Any]] = {}  # id(LoadedModel) -> (it, its transformers model)
+_PAIRS: dict[int, tuple[Any, Deferred, Deferred]] = {}  # id(LoadedModel) -> (it, its processor, its model)
+_SESSIONS: dict[tuple[str, str, str, str], Segmenter] = {}
 _PATCHERS: OrderedDict[int, tuple[Segmenter, Any]] = OrderedDict()
 _PATCHERS_MAX = 4
 
@@ -61,47 +61,100 @@ class ClipsegModel(tuple):
 
 
 def check_transformers() -> None:
-    """Refuse transformers versions whose CLIPSeg is broken, with what to do."""
+    """Refuse transformers versions whose CLIPSeg is broken, with what to do (read from the installed package's
+    metadata: transformers is not imported for this)."""
+    import sys
+    from importlib import metadata
+
     try:
-        import transformers
-    except Exception as exc:
+        loaded = sys.modules.get("transformers")  # a foreign pair: transformers is imported already
+        version = loaded.__version__ if loaded is not None else metadata.version("transformers")
+    except metadata.PackageNotFoundError:
         raise ModelLoadError(
-            f"textmask needs transformers (pip install -r requirements.txt in this node's folder): {exc}"
+            "this needs transformers (pip install -r requirements.txt in textmask's node folder): another pack's "
+            "CLIPSeg model, or another pack's node using textmask's loader output, runs on transformers"
         ) from None
-    if transformers.__version__ in BROKEN_TRANSFORMERS:
+    if version in BROKEN_TRANSFORMERS:
         raise ModelLoadError(
-            f"transformers {transformers.__version__} has a CLIPSeg bug (position-embedding interpolation) that "
-            "ruins masks; install another version: pip install 'transformers>=4.45,!=4.46.0'"
+            f"transformers {version} has a CLIPSeg bug (position-embedding interpolation) that ruins masks; "
+            "install another version: pip install 'transformers>=4.45,!=4.46.0'"
         )
+
+
+class Deferred:
+    """Stands in for a transformers object (the pair's processor or model) that only other packs' nodes use:
+    built on first use, then every attribute access and call goes to it, and ``isinstance`` sees its class.
+    textmask's own nodes never touch it, so they neither import transformers nor build these objects."""
+
+    __slots__ = ("_build", "_lock", "_value")
+
+    def __init__(self, build: Callable[[], Any]) -> None:
+        object.__setattr__(self, "_build", build)
+        object.__setattr__(self, "_lock", threading.Lock())
+        object.__setattr__(self, "_value", None)
+
+    def materialize(self) -> Any:
+        """The real object (built on the first call)."""
+        with self._lock:
+            if self._value is None:
+                check_transformers()
+                object.__setattr__(self, "_value", self._build())
+            return self._value
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.materialize(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.materialize(), name, value)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.materialize()(*args, **kwargs)
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # isinstance(pair[1], CLIPSegForImageSegmentation) holds
+        return type(self.materialize())
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        import copy
+
+        return copy.deepcopy(self.materialize(), memo)
+
+    def __repr__(self) -> str:
+        return repr(self._value) if self._value is not None else "<transformers object, built on first use>"
 
 
 def load_pair(name: str, device: str = "auto", dtype: str = "auto") -> ClipsegModel:
     """Load (once per process) the model ``name`` as a plain CPU float32 ``(processor, model)`` pair.
 
+    textmask's own modules load now (mmapped weights, no transformers); the pair's transformers
+    ``CLIPSegProcessor`` and ``CLIPSegForImageSegmentation`` (over the same parameters) are built only when
+    another pack's node first uses them (:class:`Deferred`).
+
     Args:
         name: hub id, folder, or a choice from :func:`textmask.comfy.folders.list_models`.
         device, dtype: what textmask's masking nodes should run it on (``"auto"``: ComfyUI's choice).
     """
-    check_transformers()
     folder = resolve_model(name)
     loaded = load_model(str(folder), device="cpu", dtype="float32")
     with _LOCK:
-        processor = _PROCESSORS.get(str(folder))
-        if processor is None:
-            from transformers import CLIPSegProcessor
+        pair = _PAIRS.get(id(loaded))
+        if pair is None or pair[0] is not loaded:
+            processor = Deferred(lambda: _processor(folder))
+            model = Deferred(lambda: _transformers_model(loaded.model, folder))
+            pair = _PAIRS[id(loaded)] = (loaded, processor, model)
+    return ClipsegModel((pair[1], pair[2]), folder=folder, device=device, dtype=dtype)
 
-            try:
-                processor = CLIPSegProcessor.from_pretrained(str(folder))
-            except Exception as exc:
-                raise ModelLoadError(
-                    f"CLIPSeg model folder {folder}: the processor could not be loaded ({type(exc).__name__}: {exc}). "
-                    "The folder needs preprocessor_config.json, vocab.json and merges.txt."
-                ) from None
-            _PROCESSORS[str(folder)] = processor
-        known = _TRANSFORMERS_MODELS.get(id(loaded))
-        if known is None or known[0] is not loaded:
-            known = _TRANSFORMERS_MODELS[id(loaded)] = (loaded, _transformers_model(loaded.model, folder))
-    return ClipsegModel((processor, known[1]), folder=folder, device=device, dtype=dtype)
+
+def _processor(folder: Path) -> Any:
+    from transformers import CLIPSegProcessor
+
+    try:
+        return CLIPSegProcessor.from_pretrained(str(folder))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"CLIPSeg model folder {folder}: the processor could not be loaded ({type(exc).__name__}: {exc}). "
+            "The folder needs preprocessor_config.json, vocab.json and merges.txt."
+        ) from None
 
 
 def _transformers_model(model: Any, folder: Path) -> Any:
@@ -158,36 +211,65 @@ def segmenter_for(clipseg_model: Any = None) -> Segmenter:
     """The session a node runs on, on ComfyUI's device and loaded there through ComfyUI's model management.
 
     * None: the default model (``CIDAS/clipseg-rd64-refined`` from ``models/clipseg``), float32, loaded once.
-    * a :class:`ClipsegModel` from textmask's loaders: on its device/dtype choice.
+    * a :class:`ClipsegModel` from textmask's loaders: textmask's own modules for its folder, on its device
+      and dtype choice (no transformers object is built or imported).
     * any other ``(processor, model)`` pair (SaltAI, WAS, hand-made): used as is, or a copy moved to
       ComfyUI's device; the caller's model is never changed.
 
-    Pixels are prepared as the pair's processor prepares them (Pillow or torchvision, whichever the installed
-    transformers uses), so the masks equal what the seed node computes with the same processor and model.
+    Pixels are prepared as a ``CLIPSegProcessor`` prepares them here (for a foreign pair: its own processor),
+    so the masks equal what the seed node computes in this ComfyUI.
     """
-    check_transformers()
     if clipseg_model is None:
-        clipseg_model, ours = load_pair(DEFAULT_MODEL, device="auto", dtype="float32"), True
-    else:
-        ours = isinstance(clipseg_model, ClipsegModel) and clipseg_model.folder is not None
-        if not isinstance(clipseg_model, (tuple, list)) or len(clipseg_model) != 2:
-            raise ModelLoadError(
-                "clipseg_model: expected a (CLIPSegProcessor, CLIPSegForImageSegmentation) pair from a CLIPSeg "
-                f"loader node, got {type(clipseg_model).__name__}"
-            )
-    processor, model = clipseg_model
-    if ours:
+        clipseg_model = load_pair(DEFAULT_MODEL, device="auto", dtype="float32")
+    if isinstance(clipseg_model, ClipsegModel) and clipseg_model.folder is not None:
         device = comfy_device(clipseg_model.device)
-        dtype: torch.dtype | None = comfy_dtype(clipseg_model.dtype, device)
-    else:
-        device, dtype = comfy_device("auto"), None  # a foreign model keeps its dtype
-    try:
-        segmenter = session_from_hf(processor, model, device=device, dtype=dtype)
+        segmenter = _own_session(clipseg_model.folder, device, comfy_dtype(clipseg_model.dtype, device))
+        _load_into_comfy(segmenter)
+        return segmenter
+    if not isinstance(clipseg_model, (tuple, list)) or len(clipseg_model) != 2:
+        raise ModelLoadError(
+            "clipseg_model: expected a (CLIPSegProcessor, CLIPSegForImageSegmentation) pair from a CLIPSeg "
+            f"loader node, got {type(clipseg_model).__name__}"
+        )
+    check_transformers()
+    processor, model = clipseg_model
+    try:  # a foreign model keeps its dtype
+        segmenter = session_from_hf(processor, model, device=comfy_device("auto"), dtype=None)
     except ModelLoadError as exc:
         raise ModelLoadError(f"clipseg_model: {exc}") from None
-    if ours or segmenter.model is not model:  # never manage a model another pack still uses as it is
+    if segmenter.model is not model:  # never manage a model another pack still uses as it is
         _load_into_comfy(segmenter)
     return segmenter
+
+
+def seed_pixel_backend() -> str:
+    """How a ``CLIPSegProcessor`` resizes images in this environment, hence the seed node's pixels: transformers 5
+    with torchvision installed uses torchvision (``"torchvision"``), otherwise Pillow (``"pil"``). Read from
+    package metadata; nothing is imported."""
+    import importlib.util
+    from importlib import metadata
+
+    try:
+        major = int(metadata.version("transformers").split(".")[0])
+    except (metadata.PackageNotFoundError, ValueError):
+        return "pil"
+    return "torchvision" if major >= 5 and importlib.util.find_spec("torchvision") is not None else "pil"
+
+
+def _own_session(folder: Path, device: torch.device, dtype: torch.dtype) -> Segmenter:
+    """textmask's session for a model folder, its pixels prepared as this environment's processor would."""
+    from dataclasses import replace
+
+    backend = seed_pixel_backend()
+    key = (str(folder), str(device), str(dtype), backend)
+    with _LOCK:
+        session = _SESSIONS.get(key)
+        if session is None:
+            loaded = load_model(str(folder), device=device, dtype=dtype)
+            if backend != loaded.preprocess.backend:
+                loaded = replace(loaded, preprocess=replace(loaded.preprocess, backend=backend))
+            session = _SESSIONS[key] = Segmenter(loaded)
+    return session
 
 
 def _holder_class() -> type[torch.nn.Module]:
