@@ -31,6 +31,7 @@ image size); :func:`refine` takes any image form textmask accepts.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
@@ -48,7 +49,7 @@ _BAND_BYTES = 64 * 2**20  # working memory per band of full-resolution rows
 _MIN_CONTRAST = 0.02  # a mask whose 1st-99th percentile range is below this has nothing to refine
 _PEAK = (0.5, 0.3)  # a local maximum of coverage above 0.5 (fully from 0.8) is a confident object: cut at 0.5
 _MIN_RANGE = 0.05  # local contrast of the guided estimate below which pixels cannot be ranked (full from 0.1)
-_BISECTION_STEPS = 6
+_CANDIDATES = torch.linspace(0.0, 1.0, 9).view(1, -1, 1, 1)  # candidate cuts on the local range
 _INNER_SOFTNESS = 0.1  # ramp of the sharpening between passes (the last pass uses options.softness)
 _MATCH_SLOPE = 8.0  # steepness of the soft step used to count coverage while searching for the cut
 
@@ -138,18 +139,44 @@ DEFAULT_REFINE = RefineOptions()
 
 
 # ---------------------------------------------------------------------------------------- filters
-def _window_counts(size: int, radius: int, like: torch.Tensor) -> torch.Tensor:
-    index = torch.arange(size, device=like.device)
-    return ((index + radius + 1).clamp(max=size) - (index - radius).clamp(min=0)).to(like.dtype)
+@functools.lru_cache(maxsize=64)
+def _reciprocal_counts(size: int, radius: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """1 / the number of pixels in each border-cut window of ``2 radius + 1`` along an axis of ``size``."""
+    index = torch.arange(size, device=device)
+    counts = (index + radius + 1).clamp(max=size) - (index - radius).clamp(min=0)
+    return (1.0 / counts.to(torch.float64)).to(dtype)
+
+
+def _box_axis(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
+    """Sums of ``x`` over windows ``[i - radius, i + radius]`` along ``dim``, cut at the borders."""
+    size = x.shape[dim]
+    sums = x.cumsum(dim)
+    if size <= 2 * radius + 1:  # every window reaches a border (small maps): gather the two ends
+        index = torch.arange(size, device=x.device)
+        upper = sums.index_select(dim, (index + radius).clamp(max=size - 1))
+        start = index - radius - 1
+        lower = sums.index_select(dim, start.clamp(min=0))
+        shape = [1] * x.dim()
+        shape[dim] = size
+        return upper - lower * (start >= 0).to(x.dtype).view(shape)
+    out = torch.empty_like(x)
+    # i <= radius: the window starts at 0, the sum is the running sum at i + radius.
+    out.narrow(dim, 0, radius + 1).copy_(sums.narrow(dim, radius, radius + 1))
+    # interior: running sum at i + radius minus the one at i - radius - 1.
+    inner = size - 2 * radius - 1
+    ahead, behind = sums.narrow(dim, 2 * radius + 1, inner), sums.narrow(dim, 0, inner)
+    torch.sub(ahead, behind, out=out.narrow(dim, radius + 1, inner))
+    # i >= size - radius: the window ends at the border.
+    last = sums.narrow(dim, size - 1, 1)
+    torch.sub(last, sums.narrow(dim, size - 2 * radius - 1, radius), out=out.narrow(dim, size - radius, radius))
+    return out
 
 
 def _box(x: torch.Tensor, ry: int, rx: int) -> torch.Tensor:
     """Mean of ``x [N, C, h, w]`` over ``(2 ry + 1) × (2 rx + 1)`` windows cut at the borders (running sums)."""
     h, w = x.shape[-2:]
-    sums = F.pad(F.pad(x, (0, 0, 1, 0)).cumsum(-2), (0, 0, ry, ry), mode="replicate")
-    x = (sums[..., 2 * ry + 1 :, :] - sums[..., :h, :]) / _window_counts(h, ry, x)[:, None]
-    sums = F.pad(F.pad(x, (1, 0, 0, 0)).cumsum(-1), (rx, rx, 0, 0), mode="replicate")
-    return (sums[..., 2 * rx + 1 :] - sums[..., :w]) / _window_counts(w, rx, x)
+    x = _box_axis(x, ry, -2).mul_(_reciprocal_counts(h, ry, x.device, x.dtype)[:, None])
+    return _box_axis(x, rx, -1).mul_(_reciprocal_counts(w, rx, x.device, x.dtype))
 
 
 def _local_max(x: torch.Tensor, ry: int, rx: int) -> torch.Tensor:
@@ -217,23 +244,26 @@ def _cut(
 
     Returns ``(cut, ramp)``: the sharpened mask is ``clamp(0.5 + (estimate - cut) / ramp, 0, 1)``. Near a
     confident object the cut is 0.5 and the ramp ``4 · softness``; where the estimate is faint, the cut keeps
-    the neighbourhood's coverage ``goal`` (a bisection on the estimate's local range) and the ramp scales with
+    the neighbourhood's coverage ``goal`` (searched on the estimate's local range) and the ramp scales with
     that range.
     """
-    high = _local_max(estimate, ry, rx)
-    low = -_local_max(-estimate, ry, rx)
+    extremes = _local_max(torch.cat([estimate, -estimate], 1), ry, rx)
+    high, low = extremes[:, :1], -extremes[:, 1:]
     spread = high - low
     span = spread.clamp(min=_MIN_RANGE)
-    level = (estimate - low) / span
-    below = torch.zeros_like(level)
-    above = torch.ones_like(level)
-    for _ in range(_BISECTION_STEPS):
-        middle = 0.5 * (below + above)
-        covered = _box(torch.sigmoid((level - middle) * _MATCH_SLOPE), ry, rx)
-        too_much = covered > goal
-        below = torch.where(too_much, middle, below)
-        above = torch.where(too_much, above, middle)
-    matched = low + span * 0.5 * (below + above)
+    level = (estimate - low) / span  # in [0, 1] over the neighbourhood
+    # Coverage left by each of K candidate cuts, all at once (one batched box filter instead of a bisection).
+    candidates = _CANDIDATES.to(level)
+    covered = _box(torch.sigmoid((level - candidates) * _MATCH_SLOPE), ry, rx)  # [B, K, h, w], decreasing in K
+    count = (covered > goal).sum(1, keepdim=True)
+    last = candidates.shape[1] - 1
+    upper = count.clamp(max=last)
+    lower = (count - 1).clamp(min=0)
+    c_lower, c_upper = covered.gather(1, lower), covered.gather(1, upper)
+    t_lower, t_upper = candidates[0, :, 0, 0][lower], candidates[0, :, 0, 0][upper]
+    step = ((c_lower - goal) / (c_lower - c_upper).clamp(min=1e-6)).clamp(0, 1)
+    chosen = torch.where(count == 0, 0.0, torch.where(count > last, 1.0, t_lower + step * (t_upper - t_lower)))
+    matched = low + span * chosen
     confident = ((high - _PEAK[0]) / _PEAK[1]).clamp(0, 1)
     faint = (1 - confident) * ((spread - _MIN_RANGE) / _MIN_RANGE).clamp(0, 1)
     if thin > 0:
@@ -244,6 +274,31 @@ def _cut(
     ramp = 4.0 * softness * (1 + faint * (span - 1))
     smoothed = _box(torch.cat([cut, ramp], 1), ry, rx)
     return smoothed[:, :1], smoothed[:, 1:]
+
+
+class _Cutter:
+    """:func:`_cut` for every pass, with the coverage goal computed once. The cut is smooth on the scale of the
+    match radius, so it is searched at half the working resolution (when that radius is 2 px or more) and
+    upsampled."""
+
+    def __init__(self, coverage: torch.Tensor, match: tuple[int, int], thin: float) -> None:
+        self.size = tuple(coverage.shape[-2:])
+        self.thin = thin
+        goal = _box(coverage, *match)
+        self.half = min(match) >= 2
+        if self.half:
+            self.small = ((self.size[0] + 1) // 2, (self.size[1] + 1) // 2)
+            self.match = (max(1, round(match[0] / 2)), max(1, round(match[1] / 2)))
+            self.goal = F.adaptive_avg_pool2d(goal, self.small)
+        else:
+            self.match, self.goal = match, goal
+
+    def __call__(self, estimate: torch.Tensor, softness: float) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.half:
+            return _cut(estimate, self.goal, *self.match, self.thin, softness)
+        cut, ramp = _cut(F.adaptive_avg_pool2d(estimate, self.small), self.goal, *self.match, self.thin, softness)
+        both = F.interpolate(torch.cat([cut, ramp], 1), size=self.size, mode="bilinear", align_corners=False)
+        return both[:, :1], both[:, 1:]
 
 
 # -------------------------------------------------------------------------------------- levels
@@ -272,18 +327,20 @@ def _band_rows(per_row_bytes: int, height: int) -> int:
 def _reduce(levels: torch.Tensor, masks: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Area averages of the guide (levels / 255) and the masks at ``size``: ``[B, 3, h, w]``, ``[B, 1, h, w]``.
 
-    Separable: columns first, band by band of rows (uint8 → float32 one band at a time), then rows."""
+    A large batch is reduced in bands of output rows (uint8 → float32 one band at a time), each band over its
+    own share of the input rows, so memory stays bounded."""
     batch, _, height, width = levels.shape
     h, w = size
-    if (h, w) == (height, width):
-        return levels.float() / 255.0, masks[:, None]
-    columns = torch.empty((batch, 3, height, w), dtype=torch.float32, device=levels.device)
-    step = _band_rows(batch * width * 3 * 4 * 2, height)
-    for top in range(0, height, step):
-        band = levels[:, :, top : top + step].float()
-        columns[:, :, top : top + step] = F.adaptive_avg_pool2d(band, (band.shape[-2], w))
-    guide = F.adaptive_avg_pool2d(columns, (h, w)) / 255.0
-    return guide, F.adaptive_avg_pool2d(masks[:, None], (h, w))
+    small = F.adaptive_avg_pool2d(masks[:, None], size)
+    step = _band_rows(batch * width * 3 * 4 * max(1, height // h), h)
+    if step >= h:
+        return F.adaptive_avg_pool2d(levels.float(), size).div_(255.0), small
+    guide = torch.empty((batch, 3, h, w), dtype=torch.float32, device=levels.device)
+    for first in range(0, h, step):
+        stop = min(first + step, h)
+        top, bottom = first * height // h, stop * height // h
+        guide[:, :, first:stop] = F.adaptive_avg_pool2d(levels[:, :, top:bottom].float(), (stop - first, w))
+    return guide.div_(255.0), small
 
 
 def _bilinear_rows(values: torch.Tensor, rows: torch.Tensor, height: int) -> torch.Tensor:
@@ -294,8 +351,7 @@ def _bilinear_rows(values: torch.Tensor, rows: torch.Tensor, height: int) -> tor
     first = source.floor().long().clamp(max=h - 1)
     second = (first + 1).clamp(max=h - 1)
     fraction = (source - first).to(values.dtype)[:, None]
-    upper = values.index_select(-2, first)
-    return upper + (values.index_select(-2, second) - upper) * fraction
+    return torch.lerp(values.index_select(-2, first), values.index_select(-2, second), fraction)
 
 
 def _apply(levels: torch.Tensor, coefficients: torch.Tensor, out: torch.Tensor) -> None:
@@ -350,7 +406,7 @@ def refine_levels(
     out = torch.empty((batch, height, width), dtype=torch.float32, device=masks.device)
     if batch == 0:
         return out
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: callers may modify the result in place
         rows, cols = options.grid
         size = (min(height, rows * options.detail), min(width, cols * options.detail))
         guide, small = _reduce(levels, masks, size)
@@ -360,8 +416,7 @@ def refine_levels(
         def radius(cells: float) -> tuple[int, int]:
             return max(1, round(cells * per_row)), max(1, round(cells * per_col))
 
-        match = radius(options.match_radius)
-        goal = _box(coverage, *match)
+        cutter = _Cutter(coverage, radius(options.match_radius), options.thin)
         stats: dict[tuple[int, int], _GuideStats] = {}
         current = coverage
         for index, cells in enumerate(options.radii):
@@ -371,7 +426,7 @@ def refine_levels(
             a, b = _guided_coefficients(guide, stats[r], current, *r)
             estimate = ((a * guide).sum(1, keepdim=True) + b).clamp(0, 1)
             last = index == len(options.radii) - 1
-            cut, ramp = _cut(estimate, goal, *match, options.thin, options.softness if last else _INNER_SOFTNESS)
+            cut, ramp = cutter(estimate, options.softness if last else _INNER_SOFTNESS)
             if not last:  # the next pass starts from a sharpened mask (a logistic step keeps its tails' order)
                 current = torch.sigmoid((estimate - cut) * (4.0 / ramp))
         # Fold the cut and ramp into the linear model, so full resolution needs a, b only.
