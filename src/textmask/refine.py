@@ -96,8 +96,12 @@ class RefineOptions:
             raise ValueError(f"radii: 1 to 8 radii in (0, 4] coarse cells, got {self.radii!r}")
         object.__setattr__(self, "radii", radii)
         grid = self.grid
-        grid = (grid, grid) if isinstance(grid, (int, np.integer)) else tuple(grid)
-        if len(grid) != 2 or not all(float(g).is_integer() and 1 <= g <= 4096 for g in grid):
+        try:
+            grid = (grid, grid) if isinstance(grid, (int, float, np.number)) else tuple(grid)
+            whole = len(grid) == 2 and all(float(g).is_integer() and 1 <= g <= 4096 for g in grid)
+        except (TypeError, ValueError):
+            whole = False
+        if not whole or isinstance(self.grid, bool):
             raise ValueError(f"grid: must be a whole number of cells in [1, 4096] or (rows, cols), got {self.grid!r}")
         object.__setattr__(self, "grid", (int(grid[0]), int(grid[1])))
         _check_number("eps", self.eps, 0, 1, low_open=True)
