@@ -23,7 +23,7 @@ patch from the object's edge, and thin parts fade. :func:`refine` fixes that wit
 
 Everything is batched tensor code on the inputs' device. Full-resolution work is two passes over the image in
 bands of rows (an area reduction and the final ``a · rgb + b``), so memory stays bounded at any size: refining
-one 3840×2160 image takes about 0.2 GB besides its input and output (see ``docs/quality.md``).
+one 3840×2160 image peaks about 0.14 GiB above its inputs, the 32 MiB output included (see ``docs/quality.md``).
 
 The engine calls :func:`refine_levels` with what it already holds (8-bit levels ``[B, 3, H, W]`` and masks at
 image size); :func:`refine` takes any image form textmask accepts.
@@ -45,7 +45,7 @@ from .images import as_image_batch
 __all__ = ["DEFAULT_REFINE", "RefineOptions", "refine", "refine_levels"]
 
 CLIPSEG_GRID = 22  # CLIPSeg's patch grid: 352 px input / 16 px patches
-_BAND_BYTES = 64 * 2**20  # working memory per band of full-resolution rows
+_BAND_BYTES = 32 * 2**20  # working memory per band of full-resolution rows
 _MIN_CONTRAST = 0.02  # a mask whose 1st-99th percentile range is below this has nothing to refine
 _PEAK = (0.5, 0.3)  # a local maximum of coverage above 0.5 (fully from 0.8) is a confident object: cut at 0.5
 _MIN_RANGE = 0.05  # local contrast of the guided estimate below which pixels cannot be ranked (full from 0.1)
@@ -367,7 +367,7 @@ def _apply(levels: torch.Tensor, coefficients: torch.Tensor, out: torch.Tensor) 
         out.copy_(((a * levels.float()).sum(1) / 255.0 + b).clamp_(0, 1))
         return
     columns = F.interpolate(coefficients, size=(coefficients.shape[-2], width), mode="bilinear", align_corners=False)
-    step = _band_rows(batch * width * 4 * 11, height)
+    step = _band_rows(batch * width * 4 * 16, height)
     for top in range(0, height, step):
         rows = torch.arange(top, min(top + step, height), device=levels.device)
         ab = _bilinear_rows(columns, rows, height)
