@@ -526,7 +526,7 @@ def _panel(values: np.ndarray, width: int) -> np.ndarray:
     return np.asarray(image.resize((width, height), Image.LANCZOS))
 
 
-def save_strip(path: str, case: Case, index: int, crop: tuple[int, int, int] | None, panel: int = 240) -> int:
+def save_strip(path: str, case: Case, index: int, crop: tuple[int, int, int] | None, panel: int = 208) -> int:
     """photo | truth | coarse | guided filter | refine, with a zoomed row (a ``crop = (top, left, size)`` square
     at full resolution) under it; returns the file size in bytes."""
     import os
@@ -557,11 +557,11 @@ def save_strip(path: str, case: Case, index: int, crop: tuple[int, int, int] | N
 
 
 PICTURES = [  # (file name, size, soft, composite index, crop (top, left, size) at full resolution)
-    ("star.png", "1024²", False, 0, (120, 300, 256)),
-    ("bars.png", "1024²", False, 2, (80, 560, 256)),
-    ("tail-same-photo.png", "1024²", False, 3, (420, 620, 256)),
-    ("stars-same-photo.png", "1024²", False, 5, (80, 100, 256)),
-    ("lollipop-soft.png", "1024²", True, 1, (100, 380, 256)),
+    ("star.png", "1024²", False, 0, (150, 300, 160)),
+    ("bars.png", "1024²", False, 2, (400, 700, 160)),
+    ("tail-same-photo.png", "1024²", False, 3, (470, 640, 160)),
+    ("stars-same-photo.png", "1024²", False, 5, (100, 130, 160)),
+    ("lollipop-soft.png", "1024²", True, 1, (300, 170, 160)),
 ]
 
 
@@ -569,6 +569,7 @@ PICTURES = [  # (file name, size, soft, composite index, crop (top, left, size) 
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
+    import os
     import sys
     import time
     from pathlib import Path
@@ -617,7 +618,11 @@ def main(argv: list[str] | None = None) -> int:
         count = 4
         times = time_against_mask(case.levels[:count], case.coarse[:count], 2 if args.quick else args.repeats)
         mask_time = times["session.mask (float32, 1 prompt)"]
-        print(f"\ntiming, 1024², batch of {count}, {torch.get_num_threads()} threads (seconds per image, best repeat)")
+        load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+        print(
+            f"\ntiming, 1024², batch of {count}, {torch.get_num_threads()} threads, load average {load} on "
+            f"{os.cpu_count()} CPUs (seconds per image, best repeat)"
+        )
         for name, seconds in times.items():
             print(f"  {name:36s} {seconds:7.3f} s   {seconds / mask_time:5.3f}× session.mask")
         ratio = times["refine_levels (engine entry)"] / mask_time
