@@ -64,12 +64,13 @@ class RefineOptions:
         eps: guided-filter regularization, in squared colour units (colours in [0, 1]); larger smooths more
             across weak edges. In (0, 1].
         grid: the coarse mask's cells per side, ``n`` or ``(rows, cols)``: 22 for CLIPSeg (its patch grid); a
-            larger grid for a finer mask (e.g. 64 for a SAM mask) keeps the search band narrower.
+            larger grid for a finer mask keeps the search band narrower (radii are in cells).
         detail: working-resolution pixels per coarse cell (4 to 64); the work and the result are then nearly the
             same at any image size. 12 gives 264×264 statistics for CLIPSeg.
         softness: width of the output ramp in units of the guided estimate's local range: 0.2 maps a ±0.4 band
             around the cut to 0..1 linearly. In (0, 1]; larger keeps more soft values, smaller is crisper.
-        thin: local coverage (0-1) from which faint thin structures are recovered; 1 turns recovery off.
+        thin: local coverage (0-1) from which faint thin structures are recovered (fully from twice it); 1 turns
+            recovery off.
         noise: the background noise floor, in median absolute deviations of the mask's background part, that is
             cut off before refining (0 turns it off; at most 20).
         match_radius: neighbourhood, in coarse cells, over which coverage is kept when sharpening, in (0, 4].
@@ -105,7 +106,11 @@ class RefineOptions:
             raise ValueError(f"grid: must be a whole number of cells in [1, 4096] or (rows, cols), got {self.grid!r}")
         object.__setattr__(self, "grid", (int(grid[0]), int(grid[1])))
         _check_number("eps", self.eps, 0, 1, low_open=True)
-        if not float(self.detail).is_integer() or not 4 <= self.detail <= 64:
+        try:
+            whole = float(self.detail).is_integer() and not isinstance(self.detail, bool)
+        except (TypeError, ValueError):
+            whole = False
+        if not whole or not 4 <= self.detail <= 64:
             raise ValueError(f"detail: must be a whole number of pixels per cell in [4, 64], got {self.detail!r}")
         object.__setattr__(self, "detail", int(self.detail))
         _check_number("softness", self.softness, 0, 1, low_open=True)
