@@ -313,7 +313,7 @@ def guided_baseline(levels: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
 
 
 def refined(levels: torch.Tensor, coarse: torch.Tensor) -> torch.Tensor:
-    from textmask.refine import refine_levels
+    from textmask.edges import refine_levels
 
     return refine_levels(levels, coarse)
 
@@ -435,7 +435,7 @@ def time_against_mask(levels: torch.Tensor, coarse: torch.Tensor, repeats: int) 
     import time
 
     import textmask
-    from textmask.refine import refine, refine_levels
+    from textmask.edges import refine, refine_levels
 
     session = textmask.load("random-full")
     images = levels.permute(0, 2, 3, 1).float() / 255.0  # ComfyUI's IMAGE layout, float in [0, 1]
@@ -459,7 +459,7 @@ def time_against_mask(levels: torch.Tensor, coarse: torch.Tensor, repeats: int) 
 _MEMORY_CHILD = r"""
 import json, sys, threading, time, torch
 sys.path.insert(0, sys.argv[1])
-from textmask.refine import refine_levels
+from textmask.edges import refine_levels
 torch.set_num_threads(int(sys.argv[2]))
 def status(field):
     with open("/proc/self/status") as f:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from textmask.instances import (
+from textmask.components import (
     SEG,
     Instances,
     instances,

@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import textmask.refine as refine_module
+import textmask.edges as refine_module
+from textmask.edges import DEFAULT_REFINE, RefineOptions, refine, refine_levels
 from textmask.postprocess import gaussian_blur
-from textmask.refine import DEFAULT_REFINE, RefineOptions, refine, refine_levels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -252,3 +252,20 @@ def test_working_resolution_caps_at_the_image() -> None:
     out = refine(image, coarse, detail=16)  # 22 × 16 = 352 > 200
     assert out.shape == (1, 200, 200)
     assert np.isfinite(out.numpy()).all()
+
+
+def test_the_guided_filter_inside_refine_is_kornias():
+    """refine runs its own colour guided filter (box sums shared between passes: 4-8× faster here); away from the
+    borders (where kornia reflects and refine cuts the windows) it is kornia's ``guided_blur``."""
+    kornia = pytest.importorskip("kornia")
+    from textmask.edges import _guide_stats, _guided_coefficients
+
+    generator = torch.Generator().manual_seed(3)
+    guide = torch.rand((2, 3, 64, 80), generator=generator)
+    target = torch.rand((2, 1, 64, 80), generator=generator)
+    for radius, eps in ((4, 1e-3), (7, 1e-4)):
+        a, b = _guided_coefficients(guide, _guide_stats(guide, radius, radius, eps), target, radius, radius)
+        ours = (a * guide).sum(1, keepdim=True) + b
+        theirs = kornia.filters.guided_blur(guide, target, (2 * radius + 1, 2 * radius + 1), eps)
+        inner = (slice(None), slice(None), slice(2 * radius, -2 * radius), slice(2 * radius, -2 * radius))
+        assert (ours[inner] - theirs[inner]).abs().max() < 1e-4, (radius, eps)

@@ -24,6 +24,11 @@ _EXPORTS = {
     "session_from_hf": "textmask.engine",
     "ImageFeatures": "textmask.engine",
     "MaskOptions": "textmask.postprocess",
+    "Target": "textmask.postprocess",
+    "refine": "textmask.edges",
+    "RefineOptions": "textmask.edges",
+    "instances": "textmask.components",
+    "Instances": "textmask.components",
     "load_model": "textmask.model",
     "locate_model": "textmask.model",
     "clear_model_cache": "textmask.model",
@@ -44,12 +49,14 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .components import Instances, instances
     from .constants import DEFAULT_MODEL
+    from .edges import RefineOptions, refine
     from .engine import ImageFeatures, OutOfMemoryError, Segmenter, load, session_from_hf
     from .errors import InputError, ModelLoadError, ModelNotFoundError, PromptError, TextmaskError
     from .images import load_image
     from .model import clear_model_cache, load_model, locate_model
-    from .postprocess import MaskOptions
+    from .postprocess import MaskOptions, Target
     from .prompts import Blend, ImagePrompt, TextPrompt, average
 
 

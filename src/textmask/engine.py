@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from .clipseg.layers import Attention, DecoderLayer, EncoderLayer, QuickGELU
 from .constants import DEFAULT_MODEL
 from .detail import blend_tiles, gate, scale_box, tile_boxes, tile_grid
+from .edges import refine_levels
 from .errors import (
     InputError,
     ModelLoadError,
@@ -796,8 +797,41 @@ class Segmenter:
                     out[i] = torch.cat(maps[k])
                 else:
                     combined, negative = fold.result()
-                    out[i] = finish(combined, negative, options)
+                    refine = self._refiner(levels[i], size, options, tiles.boxes[i])
+                    out[i] = finish(combined, negative, options, refine)
         return out  # type: ignore[return-value]
+
+    def _refiner(
+        self,
+        image: torch.Tensor,
+        size: tuple[int, int],
+        options: MaskOptions,
+        tile_boxes: Sequence[tuple[int, int, int, int]] = (),
+    ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """``masks [T, H, W] → refined`` for one image (its levels ``[3, h, w]`` uint8, resized exactly to the
+        masks' size when that differs), or None when ``options`` does not ask for refinement. The coarse grid
+        refine assumes is CLIPSeg's patch grid over the image (finer in detail mode: over each tile)."""
+        if options.refine is None:
+            return None
+        rows, cols = self.patch_grid
+        if tile_boxes:
+            top, bottom, left, right = tile_boxes[0]
+            rows = round(rows * image.shape[-2] / (bottom - top))
+            cols = round(cols * image.shape[-1] / (right - left))
+
+        def apply(masks: torch.Tensor) -> torch.Tensor:
+            guide = image if tuple(image.shape[-2:]) == tuple(size) else pil_resize(image, size, "bilinear")
+            guide = guide.to(masks.device)[None].expand(masks.shape[0], -1, -1, -1)
+            return refine_levels(guide, masks, options.refine, grid=(rows, cols))
+
+        return apply
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """CLIPSeg's coarse grid: the model input's size in patches (22 × 22 for 352 px and 16 px patches)."""
+        patch = int(self.clipseg.config.vision_config.patch_size)
+        height, width = self.preprocess_config.size
+        return max(1, height // patch), max(1, width // patch)
 
     def _encode_tiles(self, levels: Sequence[torch.Tensor], works: Sequence[_Work]) -> _Tiles:
         """The detail-mode tiles of the images whose work asks for them, through the vision tower in groups of
@@ -969,7 +1003,16 @@ class MaskStream:
             maps = torch.stack(maps)
         if self.smoothing:
             maps, self._state = smooth_temporal(maps, self.smoothing, self._state)
-        return finish_targets(maps, self.plan, self.options)
+        refine = None
+        if self.options.refine is not None:  # guided by each frame, at the masks' size
+            levels = as_image_batch(frames).levels(0, maps.shape[0])
+            size = tuple(maps.shape[-2:])
+            refiners = [self.session._refiner(image, size, self.options) for image in levels]
+
+            def refine(masks: torch.Tensor) -> torch.Tensor:  # [B, T, H, W]
+                return torch.stack([apply(frame) for apply, frame in zip(refiners, masks)])  # type: ignore[misc]
+
+        return finish_targets(maps, self.plan, self.options, refine)
 
 
 def as_targets(targets: Any, default_combine: str = "union") -> list[tuple[Target, str]]:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .constants import COMBINE_MODES, NORMALIZE_MODES, OUTPUT_KINDS
+from .edges import DEFAULT_REFINE, RefineOptions
 
 MAX_BLUR_PIXELS = 1024  # largest blur / feather MaskOptions accepts (their kernels are 6 × that wide)
 MAX_TILES_PER_SIDE = 8  # detail mode
@@ -244,6 +245,25 @@ def parse_detail(value: Any) -> str | tuple[int, int]:
     return rows, cols
 
 
+def parse_refine(value: Any) -> RefineOptions | None:
+    """A refine setting → the :class:`~textmask.refine.RefineOptions` to apply, or None (off).
+
+    Accepts False/None (off), True (the defaults), a ``RefineOptions``, or text: ``on``/``true``/``1`` and
+    ``off``/``false``/``0`` (what command lines and forms send).
+    """
+    if isinstance(value, RefineOptions):
+        return value
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("on", "true", "1", "yes", "auto"):
+            return DEFAULT_REFINE
+        if word in ("off", "false", "0", "no", "none", ""):
+            return None
+    elif value is None or (isinstance(value, (bool, int)) and value in (0, 1)):
+        return DEFAULT_REFINE if value else None
+    raise ValueError(f"refine: expected True, False or a textmask.RefineOptions, got {value!r}")
+
+
 @dataclass(frozen=True)
 class MaskOptions:
     """How raw per-prompt probabilities become one mask per image.
@@ -261,6 +281,9 @@ class MaskOptions:
         detail: detail mode (:mod:`textmask.detail`): ``"off"``, ``"auto"`` (tiles from the image size), or
             ``(rows, columns)`` of overlapping tiles seen at a higher scale, blended and gated by the global pass
             (also given as True, an int N for N×N, or ``"RxC"``). Not with ``normalize="seed"``.
+        refine: move the mask's borders onto the image's edges at full resolution (:mod:`textmask.refine`),
+            after the negatives and before the threshold: True for the measured defaults, or a
+            :class:`~textmask.refine.RefineOptions`. Off by default.
     """
 
     # Field metadata (``choices``, ``min``, ``max``) describes the valid values to faces that build controls or
@@ -273,10 +296,12 @@ class MaskOptions:
     blur: float = field(default=0.0, metadata={"min": 0.0, "max": MAX_BLUR_PIXELS})
     feather: float = field(default=0.0, metadata={"min": 0.0, "max": MAX_BLUR_PIXELS})
     invert: bool = False
-    detail: Any = "off"
+    detail: str | tuple[int, int] = field(default="off", metadata={"choices": ("off", "auto", "2x2", "3x3", "4x4")})
+    refine: bool | RefineOptions = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "detail", parse_detail(self.detail))
+        object.__setattr__(self, "refine", parse_refine(self.refine))
         if self.detail != "off" and self.normalize == "seed":
             raise ValueError("detail: not with normalize='seed' (the seed's 8-bit path has no tiles); use none, minmax")
         if self.normalize not in NORMALIZE_MODES:

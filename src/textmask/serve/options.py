@@ -39,12 +39,15 @@ def _documented(cls: type) -> dict[str, str]:
 
 
 def _base_type(annotation: Any) -> tuple[Any, bool]:
-    """``float | None`` → ``(float, True)``; ``int`` → ``(int, False)``; anything else → ``(that, False)``."""
+    """``float | None`` → ``(float, True)``; ``int`` → ``(int, False)``; a union whose first member is a plain
+    scalar (``bool | RefineOptions``: the richer forms are for Python callers) → that scalar; anything else →
+    ``(that, False)``."""
     origin = typing.get_origin(annotation)
     if origin is Union or (hasattr(types, "UnionType") and origin is types.UnionType):
         members = [member for member in typing.get_args(annotation) if member is not type(None)]
-        if len(members) == 1:
-            return members[0], len(members) < len(typing.get_args(annotation))
+        nullable = len(members) < len(typing.get_args(annotation))
+        if len(members) == 1 or members[0] in _SCALARS:
+            return members[0], nullable
     return annotation, False
 
 
