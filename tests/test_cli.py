@@ -540,3 +540,38 @@ def test_quiet_prints_nothing_on_success(tiny_model_dir: Path, tmp_path: Path):
     )
     assert result.exit_code == 0 and result.stdout == ""
     assert (tmp_path / "o" / "a.cat.png").is_file()
+
+
+# ------------------------------------------------------------------------- refine, detail, instances
+def test_refine_detail_and_instances_equal_the_engine(tiny_model_dir: Path, tiny_session, tmp_path: Path):
+    import textmask
+
+    rng = np.random.default_rng(11)
+    image = (rng.random((48, 64, 3)) * 255).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "in.png")
+    out = tmp_path / "out"
+    common = ["-p", "a cat", "--model", str(tiny_model_dir), "-o", str(out)]
+    result = invoke(
+        "mask", str(tmp_path / "in.png"), *common, "--refine", "--detail", "2x2", "-t", "0.5", "--instances"
+    )
+    assert result.exit_code == 0, result.output
+    expected = tiny_session.mask(image, "a cat", refine=True, detail=(2, 2), threshold=0.5)
+    np.testing.assert_array_equal(
+        mask_levels(out / "in.a-cat.png"), torch.round(expected * 255).to(torch.uint8).numpy()
+    )
+
+    listed = json.loads((out / "in.a-cat.instances.json").read_text())
+    found = textmask.instances(expected, threshold=0.5)
+    assert [entry["box"] for entry in listed["instances"]] == found.boxes.tolist()
+    assert listed["width"] == 64 and listed["height"] == 48 and listed["prompts"] == ["a cat"]
+    for entry, instance in zip(listed["instances"], found.masks):
+        np.testing.assert_array_equal(
+            mask_levels(out / entry["mask"]), torch.round(instance * 255).to(torch.uint8).numpy()
+        )
+    pngs = sorted(p.name for p in out.glob("in.a-cat.instance-*.png"))
+    assert pngs == [entry["mask"] for entry in listed["instances"]] and len(pngs) == len(found)
+
+    again = invoke("mask", str(tmp_path / "in.png"), *common, "--refine", "--detail", "2x2", "-t", "0.5", "--instances")
+    assert again.exit_code == 0 and "1 skipped" in again.output  # resume: the JSON marks the instances done
+    bad = invoke("mask", str(tmp_path / "in.png"), *common, "--detail", "huge")
+    assert bad.exit_code == 2 and "detail" in bad.output

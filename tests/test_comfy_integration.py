@@ -156,6 +156,13 @@ def _saved(comfyui: SimpleNamespace, entry: dict[str, Any], node: str) -> np.nda
     return np.asarray(Image.open(path).convert("RGB"))
 
 
+def _saved_all(comfyui: SimpleNamespace, entry: dict[str, Any], node: str) -> list[np.ndarray]:
+    return [
+        np.asarray(Image.open(comfyui.base / "output" / image["subfolder"] / image["filename"]).convert("RGB"))
+        for image in entry["outputs"][node]["images"]
+    ]
+
+
 def _expected_seed_mask(comfyui: SimpleNamespace, model_dir: Path, text: str) -> np.ndarray:
     """The seed node's algorithm (tests/seed_reference.py) run in ComfyUI's own Python on the input image:
     ``[H, W]`` in [0, 1]."""
@@ -201,6 +208,26 @@ def test_seed_workflow_runs_and_saves_the_seed_mask(comfyui, tiny_model_dir):
     expected = _expected_seed_mask(comfyui, tiny_model_dir, "a cat")
     assert _levels_apart(saved, expected) <= 1  # within 1/255 of the seed algorithm in the same environment
     assert (saved[..., 0] == saved[..., 2]).all() and saved.std() > 5
+
+
+def test_refine_mask_fed_by_the_drop_in_node(comfyui, tiny_model_dir):
+    """Load Image → Salt loader → Batch Image CLIPSeg Masking → Refine Mask (textmask) → Save, and the refined
+    mask split by Mask to Instances: it equals textmask.refine of the seed node's own mask."""
+    import textmask
+
+    prompt = json.loads((WORKFLOWS / "salt_clipseg_refine_api.json").read_text())
+    prompt["3"]["inputs"]["text"] = "a cat"
+    entry = _run(comfyui, prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    refined = _saved(comfyui, entry, "6")
+    assert refined.shape == comfyui.image.shape and (refined[..., 0] == refined[..., 2]).all()
+    seed = torch.from_numpy(_expected_seed_mask(comfyui, tiny_model_dir, "a cat")).float()
+    expected = textmask.refine(torch.from_numpy(comfyui.image)[None], seed[None])[0]
+    apart = np.abs(refined[..., 0].astype(np.int16) - np.round(expected.numpy() * 255).astype(np.int16))
+    assert np.mean(apart <= 1) > 0.99  # the seed's mask within 1/255, refined: the same refined mask
+    instances = _saved_all(comfyui, entry, "9")
+    found = textmask.instances(torch.from_numpy(refined[..., 0] / 255.0).float(), threshold=0.5, min_area=64)
+    assert len(instances) == max(1, len(found))
 
 
 def test_default_model_and_free_memory_then_run_again(comfyui, tiny_model_dir):

@@ -25,7 +25,7 @@ from textmask.comfy.nodes import (
     TextmaskCLIPSegLoader,
     TextmaskCLIPSegMasking,
 )
-from textmask.errors import ModelLoadError, ModelNotFoundError, PromptError
+from textmask.errors import InputError, ModelLoadError, ModelNotFoundError, PromptError
 from textmask.postprocess import heatmap_overlay
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,6 +101,8 @@ def test_mappings_list_every_node_with_a_display_name():
         "TextmaskCLIPSegLoader",
         "TextmaskCLIPSegMasking",
         "TextmaskCLIPSegExampleMasking",
+        "TextmaskRefineMask",
+        "TextmaskMaskToInstances",
     }
     assert set(NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_CLASS_MAPPINGS)
     for name, cls in NODE_CLASS_MAPPINGS.items():
@@ -157,7 +159,7 @@ def test_our_nodes_declare_the_promised_inputs_and_outputs():
     # newer inputs come after the older optional widgets, so saved workflows keep their widget values
     assert list(masking["optional"]) == [
         "clipseg_model", "overlay_alpha", "example", "example_mask", "invert_example_mask", "example_mode",
-        "example_weight", "detail", "temporal_smoothing",
+        "example_weight", "detail", "temporal_smoothing", "refine",
     ]  # fmt: skip
     assert masking["optional"]["example"][0] == "IMAGE" and masking["optional"]["example_mask"][0] == "MASK"
     assert masking["optional"]["example_mode"][0] == ["separate", "blend"]
@@ -200,7 +202,8 @@ def test_pack_import_is_cheap_and_works_like_comfyui_loads_it():
         "module = importlib.util.module_from_spec(spec); sys.modules[spec.name] = module\n"
         "spec.loader.exec_module(module)\n"
         "assert sorted(module.NODE_CLASS_MAPPINGS) == ['SaltCLIPSegLoader', 'SaltCLIPSegMasking', "
-        "'TextmaskCLIPSegExampleMasking', 'TextmaskCLIPSegLoader', 'TextmaskCLIPSegMasking'], "
+        "'TextmaskCLIPSegExampleMasking', 'TextmaskCLIPSegLoader', 'TextmaskCLIPSegMasking', "
+        "'TextmaskMaskToInstances', 'TextmaskRefineMask'], "
         "module.NODE_CLASS_MAPPINGS\n"
         "heavy = [m for m in ('torch', 'transformers', 'numpy', 'PIL') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
@@ -625,3 +628,55 @@ def test_example_masks_from_load_image_get_clear_errors(soft_pair):
         node.mask(images, example.expand(2, -1, -1, -1), example_mask=shape.expand(3, -1, -1), clipseg_model=soft_pair)
     with pytest.raises(PromptError, match="example"):
         node.mask(images, None, clipseg_model=soft_pair)
+
+
+# ------------------------------------------------------------------------------ refine and instances
+def test_refine_mask_node_is_textmask_refine(soft_pair):
+    import textmask
+    from textmask.comfy.nodes import TextmaskRefineMask
+
+    images = smooth_images(2, 60, 80, seed=12)
+    coarse = torch.zeros(2, 60, 80)
+    coarse[:, 15:45, 20:60] = 0.8
+    (refined,) = TextmaskRefineMask().refine(images, coarse)
+    assert refined.shape == (2, 60, 80) and torch.equal(refined, textmask.refine(images, coarse))
+    (small,) = TextmaskRefineMask().refine(images, coarse[:1, ::2, ::2], softness=0.5, coarseness=30)  # resized
+    assert small.shape == (2, 60, 80)
+    expected = textmask.refine(images, torch.nn.functional.interpolate(coarse[:1, None, ::2, ::2], size=(60, 80),
+                               mode="bilinear")[:, 0].expand(2, -1, -1), softness=0.5, grid=30)  # fmt: skip
+    assert torch.equal(small, expected)
+    with pytest.raises(InputError, match="masks"):
+        TextmaskRefineMask().refine(images, torch.zeros(3, 60, 80))
+
+    node = TextmaskCLIPSegMasking()
+    common = dict(negative_prompts="", combine="union", normalize="none", blur=0.0, grow=0, invert=False)
+    mask, _, _ = node.mask(images, "a cat", threshold=0.5, batch_size=8, clipseg_model=soft_pair, refine=True,
+                           **common)  # fmt: skip
+    from textmask.engine import session_from_hf
+
+    assert torch.equal(mask, session_from_hf(*soft_pair).mask(images, "a cat", refine=True, threshold=0.5))
+
+
+def test_mask_to_instances_node_finds_the_blobs_with_exact_boxes():
+    from textmask.comfy.nodes import TextmaskMaskToInstances
+
+    masks = torch.zeros(2, 50, 70)
+    masks[0, 5:15, 10:30] = 0.9  # 200 px
+    masks[0, 30:40, 50:55] = 0.7  # 50 px
+    masks[0, 45:46, 0:3] = 0.8  # a 3 px speck
+    masks[1, 20:30, 20:40] = 1.0
+    instance_masks, boxes, bboxes, segs, count = TextmaskMaskToInstances().split(masks, 0.5, 10, 0, "cat")
+    assert count == 3 and instance_masks.shape == (3, 50, 70)
+    assert boxes == [
+        [{"x": 10, "y": 5, "width": 20, "height": 10, "score": pytest.approx(0.9), "label": "cat"},
+         {"x": 50, "y": 30, "width": 5, "height": 10, "score": pytest.approx(0.7), "label": "cat"}],
+        [{"x": 20, "y": 20, "width": 20, "height": 10, "score": pytest.approx(1.0), "label": "cat"}],
+    ]  # fmt: skip
+    assert bboxes == [(10, 5, 20, 10), (50, 30, 5, 10), (20, 20, 20, 10)]
+    (size, seg_list) = segs
+    assert size == (50, 70) and [seg.bbox for seg in seg_list] == [(10, 5, 30, 15), (50, 30, 55, 40), (20, 20, 40, 30)]
+    assert torch.equal(instance_masks[0] > 0, masks[0] * (masks[0] > 0.85) > 0)  # the largest first, its own values
+    empty_masks, no_boxes, no_bboxes, _, none = TextmaskMaskToInstances().split(torch.zeros(1, 8, 8), 0.5, 0, 0)
+    assert none == 0 and empty_masks.shape == (1, 8, 8) and no_boxes == [[]] and no_bboxes == []
+    only_one, _, _, _, one = TextmaskMaskToInstances().split(masks[:1], 0.5, 10, 1)
+    assert one == 1 and only_one.shape == (1, 50, 70)

@@ -301,6 +301,8 @@ PARITY = [
     (["--bits", "16", "--feather", "3"], {"bits": 16, "feather": 3}, {"feather": 3.0}, "mask", 16),
     (["-k", "cutout", "--grow", "-2"], {"output": "cutout", "grow": -2}, {"grow": -2}, "cutout", 8),
     (["-k", "overlay"], {"output": "overlay"}, {}, "overlay", 8),
+    (["--refine", "-t", "0.5"], {"refine": "true", "threshold": 0.5}, {"refine": True, "threshold": 0.5}, "mask", 8),
+    (["--detail", "2x2"], {"detail": "2x2"}, {"detail": (2, 2)}, "mask", 8),
 ]
 
 
@@ -365,6 +367,11 @@ def test_alpha_cutout_and_json_scores(client: httpx.Client, tiny_session: Any) -
     mask = tiny_session.mask(levels, ["a cat", "the sky"], negative_prompts=["the grass"], threshold=0.5)
     assert body["coverage"] == pytest.approx(float(mask.mean()), abs=1e-5)
     assert body["options"]["threshold"] == 0.5
+    import textmask
+
+    found = textmask.instances(mask, threshold=0.5)  # the mask's objects, as `textmask mask --instances` lists them
+    assert [entry["box"] for entry in body["instances"]] == found.boxes.tolist()
+    assert [entry["area"] for entry in body["instances"]] == found.areas.tolist()
 
 
 # -------------------------------------------------------------------------------------- errors

@@ -34,6 +34,7 @@ import torch
 __all__ = [
     "SEG",
     "Instances",
+    "describe_instances",
     "instances",
     "to_bounding_boxes",
     "to_kj_bboxes",
@@ -182,6 +183,17 @@ def instances(
 
 
 # -------------------------------------------------------------------------------- box conversions
+def describe_instances(found: Instances) -> list[dict[str, Any]]:
+    """The objects of one mask as JSON-ready dicts, largest first: ``{"index", "box": [x0, y0, x1, y1], "score",
+    "area"}`` (boxes in pixels, ``x1``/``y1`` exclusive; ``index`` from 1)."""
+    return [
+        {"index": index, "box": [int(v) for v in box], "score": round(float(score), 6), "area": int(area)}
+        for index, (box, score, area) in enumerate(
+            zip(found.boxes.tolist(), found.scores.tolist(), found.areas.tolist()), start=1
+        )
+    ]
+
+
 def _as_list(found: Instances | Sequence[Instances]) -> list[Instances]:
     return [found] if isinstance(found, Instances) else list(found)
 

@@ -16,7 +16,7 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("float32", "bfloat16", "float16", "fast")
 NORMALIZE_MODES = ("none", "minmax", "seed")
 COMBINE_MODES = ("union", "intersection")
-OUTPUT_KINDS = ("mask", "overlay", "cutout")
+OUTPUT_KINDS = ("mask", "overlay", "cutout", "instances")  # instances: images only (a JSON + a PNG each)
 
 
 def cache_root() -> Path:

@@ -142,7 +142,7 @@ class MaskActor:
                 rows[i]["masks"] = mask.cpu().numpy()
             if self.write:
                 try:
-                    rows[i].update(status=WRITTEN, outputs=write_image_outputs(job.store, image, mask, todo, job.bits))
+                    rows[i].update(status=WRITTEN, outputs=write_image_outputs(job, image, mask, todo))
                 except OSError as exc:
                     rows[i].update(_write_failed(items[i], exc))
 

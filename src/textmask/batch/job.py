@@ -76,6 +76,8 @@ class MaskJob:
         batch_size: images (or frames) per forward pass.
         overwrite: rewrite outputs that exist (else they are skipped: resume).
         filesystem: a pyarrow filesystem ``outdir`` lies in (object stores), or None for the local disk.
+        instance_threshold: with the ``instances`` kind: an object is the pixels above this, connected.
+        min_area: with the ``instances`` kind: objects smaller than this many pixels are dropped.
     """
 
     outdir: Path
@@ -89,6 +91,8 @@ class MaskJob:
     batch_size: int = 8
     overwrite: bool = False
     filesystem: Any = None
+    instance_threshold: float = 0.5
+    min_area: int = 0
 
     def __post_init__(self) -> None:
         if self.options is None:
@@ -251,19 +255,56 @@ def mask_images(session: Any, images: Sequence[Any], sources: Sequence[str], job
     return masks
 
 
-def write_image_outputs(
-    store: Store, image: Any, masks: Any, outputs: Sequence[PlannedOutput], bits: int = 8
-) -> list[str]:
+def write_image_outputs(job: MaskJob, image: Any, masks: Any, outputs: Sequence[PlannedOutput]) -> list[str]:
     """Render and store one image's outputs atomically; returns the written paths.
 
     Args:
+        job: where and how (its store, bit depth, instance settings).
         image: its :class:`~textmask.images.LoadedImage` (colours for overlays, alpha for cut-outs).
         masks: ``[T, H, W]`` in [0, 1], one per target.
 
     Raises:
         OSError: an output could not be written (see :func:`write_error`).
     """
-    return [store.write(output.path, render_png(output.kind, image, masks[output.target], bits)) for output in outputs]
+    store, written = job.store, []
+    for output in outputs:
+        if output.kind == "instances":
+            written.extend(_write_instances(job, output, masks[output.target]))
+        else:
+            written.append(store.write(output.path, render_png(output.kind, image, masks[output.target], job.bits)))
+    return written
+
+
+def _write_instances(job: MaskJob, output: PlannedOutput, mask: Any) -> list[str]:
+    """One target's instances: a PNG per object (largest first), then the JSON that lists them (written last,
+    so a JSON on disk means its PNGs are complete)."""
+    import json
+
+    from ..components import describe_instances, instances
+    from ..images import encode_png
+    from ..postprocess import mask_levels
+    from ..prompts import prompt_label
+    from .naming import instance_name
+
+    found = instances(mask, threshold=job.instance_threshold, min_area=job.min_area)
+    store, written, entries = job.store, [], describe_instances(found)
+    for index, (entry, instance) in enumerate(zip(entries, found.masks), start=1):
+        path = instance_name(output, index, len(entries))
+        levels = mask_levels(instance, job.bits).cpu().numpy()
+        written.append(store.write(path, encode_png(levels.astype("uint16" if job.bits == 16 else "uint8"))))
+        entry["mask"] = path.name
+    target = job.targets[output.target]
+    summary = {
+        "target": target.slug,
+        "prompts": [prompt_label(prompt) for prompt in target.prompts],
+        "height": int(mask.shape[-2]),
+        "width": int(mask.shape[-1]),
+        "threshold": job.instance_threshold,
+        "box_format": "x0, y0, x1, y1 in pixels; x1 and y1 exclusive (mask[y0:y1, x0:x1] is the object)",
+        "instances": entries,
+    }
+    written.append(store.write(output.path, (json.dumps(summary, indent=2) + "\n").encode()))
+    return written
 
 
 def render_png(kind: str, image: Any, mask: Any, bits: int = 8) -> bytes:

@@ -212,7 +212,7 @@ def _mask_chunk(
             report.failures.append(mask)
             continue
         try:
-            report.written.extend(write_image_outputs(job.store, image, mask, outputs, job.bits))
+            report.written.extend(write_image_outputs(job, image, mask, outputs))
         except OSError as exc:
             outcome = write_error(item, exc)
             if isinstance(outcome, OutputError):

@@ -5,6 +5,8 @@ One output per input, mask target and kind::
     OUTDIR/<key>.<slug>.png              mask (8- or 16-bit grey PNG)
     OUTDIR/<key>.<slug>.overlay.png      heat-map overlay on the image
     OUTDIR/<key>.<slug>.cutout.png       RGBA cut-out, the mask as alpha
+    OUTDIR/<key>.<slug>.instances.json   the mask's connected objects: boxes, scores, areas (images only),
+    OUTDIR/<key>.<slug>.instance-01.png  ... and one mask per object, largest first
     OUTDIR/<key>.<slug>.mp4 / <key>.<slug>/000000.png ...   the same for videos (see textmask.batch.video)
 
 where ``<slug>`` says which prompt(s) made the mask (:func:`prompt_slug`, :func:`make_targets`). An output that
@@ -148,6 +150,10 @@ def output_name(key: str, target: MaskTarget, kind: str, form: str = "png") -> s
     if kind not in OUTPUT_KINDS:
         raise ValueError(f"output kind: {kind!r} is not one of {OUTPUT_KINDS}")
     base = f"{key}.{target.slug}" + ("" if kind == "mask" else f".{kind}")
+    if kind == "instances":
+        if form != "png":
+            raise ValueError("output kind 'instances' is for images, not videos")
+        return base + ".json"  # written last: the instance PNGs beside it are complete when it exists
     if form == "png":
         return base + ".png"
     if form == "video":
@@ -171,8 +177,17 @@ def plan_outputs(
         PlannedOutput(outdir / output_name(item.key, target, kind, form), index, kind, form)
         for index, target in enumerate(targets)
         for kind in kinds
+        if kind != "instances" or item.kind == "image"  # instances of a video's frames are not written
         for form in forms
     ]
+
+
+def instance_name(output: PlannedOutput, index: int, count: int) -> Path:
+    """The PNG of instance ``index`` (1-based, of ``count``) of an ``instances`` output:
+    ``<key>.<slug>.instance-01.png``, numbered with as many digits as ``count`` needs (at least 2), so the
+    names sort in order."""
+    stem = output.path.name.removesuffix(".instances.json")
+    return output.path.with_name(f"{stem}.instance-{index:0{max(2, len(str(count)))}d}.png")
 
 
 def pending_outputs(planned: Sequence[PlannedOutput], overwrite: bool = False) -> list[PlannedOutput]:

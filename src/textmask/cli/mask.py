@@ -113,8 +113,35 @@ from .app import (
     "--kind",
     "kinds",
     multiple=True,
-    type=click.Choice(["mask", "overlay", "cutout"]),
-    help="Outputs: mask (grey PNG), overlay (heat map on the image), cutout (RGBA). Repeatable. [default: mask]",
+    type=click.Choice(["mask", "overlay", "cutout", "instances"]),
+    help="Outputs: mask (grey PNG), overlay (heat map on the image), cutout (RGBA), instances (see --instances). "
+    "Repeatable. [default: mask]",
+)
+@click.option(
+    "--instances",
+    "with_instances",
+    is_flag=True,
+    help="Also split each mask into its objects: one PNG per object (<name>.instance-01.png, largest first) and "
+    "<name>.instances.json with their boxes (x0, y0, x1, y1; exclusive), scores and areas. Images only.",
+)
+@click.option(
+    "--instance-threshold",
+    type=click.FloatRange(0, 1, max_open=True),
+    metavar="T",
+    help="--instances: an object is the connected pixels above T [default: the mask's --threshold, else 0.5].",
+)
+@click.option(
+    "--min-area",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="PX",
+    help="--instances: drop objects smaller than PX pixels (and always those under 0.01 percent of the image).",
+)
+@click.option(
+    "--refine",
+    is_flag=True,
+    help="Move the mask's borders onto the image's edges at full resolution (before threshold, grow and blur).",
 )
 @click.option("--bits", type=click.Choice(["8", "16"]), default="8", show_default=True, help="Mask PNG bit depth.")
 @click.option(
@@ -193,6 +220,10 @@ def mask_command(
     feather: float,
     invert: bool,
     detail: str,
+    refine: bool,
+    with_instances: bool,
+    instance_threshold: float | None,
+    min_area: int,
     normalize: str,
     kinds: tuple[str, ...],
     bits: str,
@@ -266,6 +297,7 @@ def mask_command(
             feather=feather,
             invert=invert,
             detail=detail,
+            refine=refine,
         )
         settings = dict(background=example_background, blur=example_blur, crop=example_crop)
         positive = build_prompts(
@@ -293,13 +325,15 @@ def mask_command(
         targets=targets,
         negative_prompts=tuple(negative),
         options=options,
-        kinds=tuple(dict.fromkeys(kinds or ("mask",))),
+        kinds=tuple(dict.fromkeys([*(kinds or ("mask",)), *(["instances"] if with_instances else [])])),
         bits=int(bits),
         video_forms=("video", "frames") if video_output == "both" else (video_output,),
         smoothing=smooth,
         batch_size=batch_size,
         overwrite=overwrite,
         filesystem=store.filesystem,
+        instance_threshold=instance_threshold if instance_threshold is not None else _instance_level(threshold),
+        min_area=min_area,
     )
     spec = ModelSpec(model=model, device=device, dtype=dtype, cache_dir=cache_dir, allow_pickle=allow_pickle)
     show_progress = not quiet and not as_json and sys.stderr.isatty()
@@ -347,3 +381,9 @@ def mask_command(
     elif not quiet or report.failures or report.fatal or report.interrupted:
         print_summary(report, outdir, total_seconds)
     sys.exit(code)
+
+
+def _instance_level(threshold: float | None) -> float:
+    """Where ``--instances`` cuts objects when ``--instance-threshold`` is not given: at the mask's own threshold
+    (its masks are then 0/1 already), else at 0.5."""
+    return threshold if threshold is not None and threshold < 1 else 0.5

@@ -59,6 +59,13 @@ _TEMPORAL_SMOOTHING = (
         "flicker (0 off, 0.5 mild, 0.8 strong; lags on fast motion)",
     },
 )
+_REFINE = (
+    "BOOLEAN",
+    {
+        "default": False,
+        "tooltip": "Move the mask's borders onto the image's edges at full resolution (before threshold, grow, blur)",
+    },
+)
 _EXAMPLE_MASK = ("MASK", {"tooltip": "Marks the object in the example (1 = object); its background is then blanked"})
 _INVERT_EXAMPLE_MASK = (
     "BOOLEAN",
@@ -242,6 +249,7 @@ class TextmaskCLIPSegMasking:
                 ),
                 "detail": _DETAIL,
                 "temporal_smoothing": _TEMPORAL_SMOOTHING,
+                "refine": _REFINE,
             },
         }
 
@@ -275,6 +283,7 @@ class TextmaskCLIPSegMasking:
         example_weight: float = 1.0,
         detail: str = "off",
         temporal_smoothing: float = 0.0,
+        refine: bool = False,
     ) -> tuple[Any, Any, Any]:
         """IMAGE ``[B, H, W, C]`` → mask ``[B, H, W]``, mask image and heat-map ``[B, H, W, 3]``."""
         from ..prompts import combine_prompts
@@ -287,7 +296,7 @@ class TextmaskCLIPSegMasking:
         return _mask_with_previews(
             images, positive, negative, clipseg_model, overlay_alpha, threshold, float(temporal_smoothing),
             combine=combine, normalize=normalize, blur=float(blur), grow=int(grow), invert=bool(invert),
-            batch_size=int(batch_size), detail=detail,
+            batch_size=int(batch_size), detail=detail, refine=bool(refine),
         )  # fmt: skip
 
 
@@ -420,12 +429,122 @@ def _mask_with_previews(
     return masks, runtime.mask_to_image(masks), preview
 
 
+class TextmaskRefineMask:
+    """Refine any mask (CLIPSeg's, SAM's, another node's, a painted one) on the image's own edges.
+
+    The mask's borders move onto the image's edges at the image's resolution, interiors saturate, and soft
+    things (hair, fur, smoke) stay as soft as the photo shows them (:func:`textmask.refine`).
+    """
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "images": ("IMAGE",),
+                "masks": ("MASK",),
+            },
+            "optional": {
+                "softness": (
+                    "FLOAT",
+                    {
+                        "default": 0.2,
+                        "min": 0.05,
+                        "max": 1.0,
+                        "step": 0.05,
+                        "tooltip": "Width of the refined edge ramp: larger keeps more soft values, smaller is crisper",
+                    },
+                ),
+                "coarseness": (
+                    "INT",
+                    {
+                        "default": 22,
+                        "min": 4,
+                        "max": 512,
+                        "step": 1,
+                        "tooltip": "How coarse the input mask is, in cells per image side: 22 for CLIPSeg, "
+                        "about 64 for SAM, more for a mask that is nearly right",
+                    },
+                ),
+            },
+        }
+
+    RETURN_TYPES = ("MASK",)
+    RETURN_NAMES = ("mask",)
+    FUNCTION = "refine"
+    CATEGORY = "textmask/masking"
+    DESCRIPTION = "Moves a mask's borders onto the image's own edges, at the image's resolution."
+
+    def refine(self, images: Any, masks: Any, softness: float = 0.2, coarseness: int = 22) -> tuple[Any]:
+        """IMAGE ``[B, H, W, C]`` and MASK ``[B, h, w]`` (one of them may be a batch of one; a mask of another
+        size is resized) → MASK ``[B, H, W]`` in [0, 1]."""
+        from . import runtime
+
+        return (runtime.refine_masks(images, masks, softness=float(softness), grid=int(coarseness)),)
+
+
+class TextmaskMaskToInstances:
+    """Split masks into their objects (connected regions above a threshold), largest first, with boxes.
+
+    The boxes come in the forms other nodes take: ComfyUI's ``BOUNDING_BOX`` (SAM 3 Detect, Draw BBoxes),
+    KJNodes' ``BBOX`` (x, y, width, height), and Impact Pack's ``SEGS`` (detailers).
+    """
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "masks": ("MASK",),
+                "threshold": (
+                    "FLOAT",
+                    {"default": 0.5, "min": 0.0, "max": 0.99, "step": 0.01, "tooltip": "Object pixels: above this"},
+                ),
+                "min_area": (
+                    "INT",
+                    {
+                        "default": 64,
+                        "min": 0,
+                        "max": 1 << 24,
+                        "step": 1,
+                        "tooltip": "Drop objects under this many pixels",
+                    },
+                ),
+                "max_instances": (
+                    "INT",
+                    {"default": 0, "min": 0, "max": 1024, "step": 1, "tooltip": "Keep the largest N per mask; 0: all"},
+                ),
+            },
+            "optional": {
+                "label": ("STRING", {"default": "textmask", "tooltip": "The label of the boxes and SEGS"}),
+            },
+        }
+
+    RETURN_TYPES = ("MASK", "BOUNDING_BOX", "BBOX", "SEGS", "INT")
+    RETURN_NAMES = ("instance_masks", "boxes", "bboxes", "segs", "count")
+    FUNCTION = "split"
+    CATEGORY = "textmask/masking"
+    DESCRIPTION = (
+        "One mask per object (largest first), with boxes for SAM 3 / Draw BBoxes (BOUNDING_BOX), KJNodes (BBOX) "
+        "and Impact Pack detailers (SEGS). A mask with no object gives one empty mask and count 0."
+    )
+
+    def split(
+        self, masks: Any, threshold: float = 0.5, min_area: int = 64, max_instances: int = 0, label: str = "textmask"
+    ) -> tuple[Any, Any, Any, Any, int]:
+        """MASK ``[B, H, W]`` → instance MASK ``[N, H, W]`` (every image's objects in order), per-image boxes,
+        KJNodes boxes, SEGS and the object count N."""
+        from . import runtime
+
+        return runtime.mask_instances(masks, float(threshold), int(min_area), int(max_instances), str(label))
+
+
 NODE_CLASS_MAPPINGS = {
     "SaltCLIPSegMasking": SaltCLIPSegMasking,
     "SaltCLIPSegLoader": SaltCLIPSegLoader,
     "TextmaskCLIPSegLoader": TextmaskCLIPSegLoader,
     "TextmaskCLIPSegMasking": TextmaskCLIPSegMasking,
     "TextmaskCLIPSegExampleMasking": TextmaskCLIPSegExampleMasking,
+    "TextmaskRefineMask": TextmaskRefineMask,
+    "TextmaskMaskToInstances": TextmaskMaskToInstances,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -434,4 +553,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "TextmaskCLIPSegLoader": "CLIPSeg Model Loader (textmask)",
     "TextmaskCLIPSegMasking": "CLIPSeg Masking (textmask)",
     "TextmaskCLIPSegExampleMasking": "CLIPSeg Masking by Example (textmask)",
+    "TextmaskRefineMask": "Refine Mask (textmask)",
+    "TextmaskMaskToInstances": "Mask to Instances (textmask)",
 }

@@ -473,6 +473,51 @@ def run_masks(
     return masks
 
 
+def refine_masks(images: Any, masks: Any, **settings: Any) -> torch.Tensor:
+    """The Refine Mask node: IMAGE ``[B, H, W, C]`` and MASK ``[B', h, w]`` → ``[B, H, W]`` refined masks on
+    ComfyUI's output device. A batch of one image or one mask is used for every item of the other; a mask of
+    another size than the images is resized (bilinear) first. ``settings`` are :class:`textmask.RefineOptions`
+    fields."""
+    from ..edges import refine
+
+    batch = as_images(images)
+    if isinstance(batch, list):
+        raise InputError("images: the images of a batch to refine must share one size")
+    if not isinstance(masks, torch.Tensor):
+        raise InputError(f"masks: expected a MASK tensor [B, H, W], got {type(masks).__name__}")
+    values = as_masks(masks)
+    size = first_size(batch)
+    if tuple(values.shape[-2:]) != size:
+        values = F.interpolate(values[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    if values.shape[0] != batch.shape[0] and 1 not in (values.shape[0], batch.shape[0]):
+        raise InputError(f"masks: a batch of {values.shape[0]} does not match images' batch of {batch.shape[0]}")
+    count = max(values.shape[0], batch.shape[0])
+    refined = refine(batch.expand(count, -1, -1, -1), values.expand(count, -1, -1).clamp(0, 1), **settings)
+    return refined.to(output_device())
+
+
+def mask_instances(
+    masks: Any, threshold: float, min_area: int, max_instances: int, label: str
+) -> tuple[torch.Tensor, list[Any], list[Any], Any, int]:
+    """The Mask to Instances node: MASK ``[B, H, W]`` → (instance masks ``[N, H, W]`` (one empty mask when
+    N = 0), ComfyUI ``BOUNDING_BOX`` per image, KJNodes ``BBOX``, Impact ``SEGS`` of all images, N)."""
+    from ..components import instances, to_bounding_boxes, to_kj_bboxes, to_segs
+
+    if not isinstance(masks, torch.Tensor):
+        raise InputError(f"masks: expected a MASK tensor [B, H, W], got {type(masks).__name__}")
+    values = as_masks(masks).clamp(0, 1)
+    found = instances(values, threshold=threshold, min_area=min_area, max_instances=max_instances or None)
+    stacked = [item.masks for item in found if len(item)]
+    height, width = values.shape[-2:]
+    instance_masks = torch.cat(stacked) if stacked else torch.zeros((1, height, width))
+    segs: list[Any] = []
+    for item in found:
+        segs.extend(to_segs(item, label=label)[1])
+    count = sum(len(item) for item in found)
+    boxes, bboxes = to_bounding_boxes(found, label=label), to_kj_bboxes(found)
+    return instance_masks.to(output_device()), boxes, bboxes, ((int(height), int(width)), segs), count
+
+
 __all__ = [
     "DEFAULT_MODEL",
     "DEVICE_CHOICES",

@@ -261,8 +261,13 @@ def encode_answer(kind: str, image: Any, masks: Any, bits: int) -> bytes:
     return render_png(kind, image, masks[0], bits)
 
 
-def score_answer(masks: Any, maps: Any, prompts: list[str], negatives: list[str], unique: list[str]) -> dict:
-    """The ``output=json`` body: each prompt's peak and mean probability, and the mask's coverage."""
+def score_answer(
+    masks: Any, maps: Any, prompts: list[str], negatives: list[str], unique: list[str], threshold: float | None = None
+) -> dict:
+    """The ``output=json`` body: each prompt's peak and mean probability, the mask's coverage, and its instances
+    (connected objects above ``threshold``, else 0.5: boxes ``[x0, y0, x1, y1]`` with exclusive ends, scores,
+    areas)."""
+    from ..components import describe_instances, instances
     from ..postprocess import map_scores
 
     scores = map_scores(maps).tolist()  # [U, 2]
@@ -280,6 +285,7 @@ def score_answer(masks: Any, maps: Any, prompts: list[str], negatives: list[str]
         "coverage": round(float(map_scores(mask)[1]), 6),
         "prompts": [entry(prompt) for prompt in prompts],
         "negatives": [entry(prompt) for prompt in negatives],
+        "instances": describe_instances(instances(mask, threshold=threshold if threshold is not None else 0.5)),
     }
 
 
@@ -685,7 +691,9 @@ async def _answer(
             raise _engine_error(exc) from None
         computed = time.perf_counter()
         if output == "json":
-            body = await service.in_thread(score_answer, results[0], results[1], prompts, negatives, unique)
+            cut = mask_options.threshold
+            level = cut if cut is not None and cut < 1 else None
+            body = await service.in_thread(score_answer, results[0], results[1], prompts, negatives, unique, level)
             body.update(model=config.model, options=asdict(mask_options))
             return JSONResponse(body, headers=_timing(started, decoded, computed))
         png = await service.in_thread(encode_answer, output, loaded, results[0], bits)
