@@ -27,7 +27,8 @@ from .folders import DEFAULT_MODEL, comfy_module, resolve_model
 log = logging.getLogger("textmask")
 
 DEVICE_CHOICES = ("auto", "cpu")
-DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
+DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16", "int8")
+BACKEND_CHOICES = ("auto", "torch", "openvino")
 BROKEN_TRANSFORMERS = ("4.46.0",)  # its CLIPSeg interpolates position embeddings wrongly at 352×352
 
 _LOCK = threading.Lock()
@@ -49,14 +50,21 @@ class ClipsegModel(tuple):
     folder: Path | None
     device: str
     dtype: str
+    backend: str
 
     def __new__(
-        cls, pair: Sequence[Any], folder: Path | None = None, device: str = "auto", dtype: str = "auto"
+        cls,
+        pair: Sequence[Any],
+        folder: Path | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        backend: str = "auto",
     ) -> ClipsegModel:
         self = super().__new__(cls, tuple(pair))
         self.folder = folder
         self.device = device
         self.dtype = dtype
+        self.backend = backend
         return self
 
 
@@ -75,13 +83,40 @@ def check_transformers() -> None:
         )
 
 
-def load_pair(name: str, device: str = "auto", dtype: str = "auto") -> ClipsegModel:
+def comfy_backend(dtype: str, backend: str = "auto") -> str:
+    """The loader's backend choice → ``"torch"`` or ``"openvino"`` (``"auto"``: OpenVINO for int8, else torch).
+
+    Raises:
+        ValueError: an unknown choice, or int8 on the torch backend.
+        BackendUnavailable: OpenVINO asked for but not installed.
+    """
+    if backend not in BACKEND_CHOICES:
+        raise ValueError(f"backend: {backend!r} is not one of {BACKEND_CHOICES}")
+    if backend == "openvino" or (backend == "auto" and dtype == "int8"):
+        from ..model import resolve_backend
+
+        resolve_backend("openvino", "cpu", _openvino_dtype(dtype))  # not installed, float16: say so now
+        return "openvino"
+    if dtype == "int8":
+        raise ValueError("dtype: int8 runs on OpenVINO; set backend to openvino (or auto)")
+    return "torch"
+
+
+def _openvino_dtype(choice: str | None) -> str:
+    """A loader dtype choice as an OpenVINO precision (``"auto"``: the fast one, bfloat16 where the CPU has it)."""
+    return "fast" if choice in (None, "auto") else str(choice)
+
+
+def load_pair(name: str, device: str = "auto", dtype: str = "auto", backend: str = "auto") -> ClipsegModel:
     """Load (once per process) the model ``name`` as a plain CPU float32 ``(processor, model)`` pair.
 
     Args:
         name: hub id, folder, or a choice from :func:`textmask.comfy.folders.list_models`.
         device, dtype: what textmask's masking nodes should run it on (``"auto"``: ComfyUI's choice).
+        backend: ``"torch"``, ``"openvino"`` (the CPU, whatever ``device`` says) or ``"auto"`` (see
+            :func:`comfy_backend`).
     """
+    backend = comfy_backend(dtype, backend)
     check_transformers()
     folder = resolve_model(name)
     loaded = load_model(str(folder), device="cpu", dtype="float32")
@@ -105,7 +140,7 @@ def load_pair(name: str, device: str = "auto", dtype: str = "auto") -> ClipsegMo
             # Other packs' nodes call transformers' forward on the pair: a transformers model over the very
             # parameters textmask loaded (nothing is copied).
             known = _TRANSFORMERS_MODELS[id(loaded)] = (loaded, to_transformers(loaded.model))
-    return ClipsegModel((processor, known[1]), folder=folder, device=device, dtype=dtype)
+    return ClipsegModel((processor, known[1]), folder=folder, device=device, dtype=dtype, backend=backend)
 
 
 def comfy_device(choice: str = "auto") -> torch.device:
@@ -160,13 +195,17 @@ def segmenter_for(clipseg_model: Any = None) -> Segmenter:
                 f"loader node, got {type(clipseg_model).__name__}"
             )
     processor, model = clipseg_model
-    if ours:
+    backend = "torch"
+    if ours and getattr(clipseg_model, "backend", "torch") == "openvino":  # the CPU, whatever ComfyUI's device
+        backend, device = "openvino", torch.device("cpu")
+        dtype: torch.dtype | str | None = _openvino_dtype(clipseg_model.dtype)
+    elif ours:
         device = comfy_device(clipseg_model.device)
-        dtype: torch.dtype | None = comfy_dtype(clipseg_model.dtype, device)
+        dtype = comfy_dtype(clipseg_model.dtype, device)
     else:
         device, dtype = comfy_device("auto"), None  # a foreign model keeps its dtype
     try:
-        segmenter = session_from_hf(processor, model, device=device, dtype=dtype)
+        segmenter = session_from_hf(processor, model, device=device, dtype=dtype, backend=backend)
     except ModelLoadError as exc:
         raise ModelLoadError(f"clipseg_model: {exc}") from None
     if ours or segmenter.model is not model:  # never manage a model another pack still uses as it is
@@ -369,6 +408,7 @@ def run_masks(
 
 
 __all__ = [
+    "BACKEND_CHOICES",
     "DEFAULT_MODEL",
     "DEVICE_CHOICES",
     "DTYPE_CHOICES",
