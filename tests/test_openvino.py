@@ -106,6 +106,17 @@ def test_bfloat16_agrees_with_float32(tiny_model_dir: Path, tiny_session: Segmen
     assert agree["mean_dp"] > 0  # really a different computation
 
 
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("bfloat16", marks=needs_bf16)])
+def test_results_do_not_depend_on_batching(tiny_model_dir: Path, dtype: str) -> None:
+    """A mask must not depend on which images shared its chunk (the CLI, Ray and resumed runs batch differently):
+    OpenVINO's vision graph and decoder give the same bits at any batch size, as the torch path does."""
+    session = textmask.load(str(tiny_model_dir), dtype=dtype, backend="openvino")
+    embeddings = session.encode_prompts(PROMPTS)
+    together = session.decode(session.encode_images(IMAGES, batch_size=4), embeddings)
+    alone = torch.cat([session.decode(session.encode_images(IMAGES[i : i + 1]), embeddings) for i in range(4)])
+    assert together.shape == (4, 3, 352, 352) and torch.equal(together, alone)
+
+
 @needs_nncf
 def test_int8_with_the_builtin_calibration(tiny_model_dir: Path, tiny_session: Segmenter, cache: Path) -> None:
     first = _fresh(tiny_model_dir, "int8")

@@ -173,6 +173,19 @@ def _openvino_tower(loaded: LoadedModel, prepare: Callable[[list[torch.Tensor]],
         return loaded.openvino_tower
 
 
+def _openvino_decoder(loaded: LoadedModel) -> Any:
+    """The loaded model's compiled OpenVINO decoder (:func:`textmask.openvino_backend.load_decoder`), made once."""
+    from .openvino_backend import load_decoder
+
+    with _OPENVINO_LOCK:
+        if getattr(loaded, "openvino_decoder", None) is None:
+            height, width = loaded.preprocess.size
+            patch = loaded.model.config.vision_config.patch_size
+            tokens = 1 + (height // patch) * (width // patch)
+            loaded.openvino_decoder = load_decoder(loaded.model, tokens, str(loaded.precision))
+        return loaded.openvino_decoder
+
+
 @dataclass
 class ImageFeatures:
     """What the decoder needs from a batch of images, computed once by :meth:`Segmenter.encode_images`.
@@ -243,8 +256,10 @@ class Segmenter:
         self._example_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         # Padding colour for cropped examples: the 8-bit level whose normalized value is nearest 0 (the mean).
         self._example_fill = self._pixel_table.abs().argmin(dim=1).to(torch.uint8).cpu()
+        self._openvino_decoder: Any = None
         if self.backend == "openvino":
             self._openvino = _openvino_tower(loaded, self.preprocess)
+            self._openvino_decoder = _openvino_decoder(loaded)
 
     def __repr__(self) -> str:
         fast = f", fast ({self.loaded.quantize or self.dtype})" if getattr(self.loaded, "fast", False) else ""
@@ -488,6 +503,8 @@ class Segmenter:
         decoder = self.clipseg.decoder
         batch, prompts = len(features), embeddings.shape[0]
         embeddings = embeddings.to(device=self.device, dtype=self.dtype)
+        if self._openvino_decoder is not None:  # backend="openvino": the decoder layers run there too
+            return self._openvino_decoder(features.reduced, decoder.film_mul(embeddings), decoder.film_add(embeddings))
         film_mul = decoder.film_mul(embeddings)[None, :, None, :]  # [1, P, 1, R]
         film_add = decoder.film_add(embeddings)[None, :, None, :]
         output: torch.Tensor | None = None

@@ -437,7 +437,8 @@ class LoadedModel:
     precision: str | None = None  # the OpenVINO precision: "float32", "bfloat16" or "int8"
     calibration: Any = None  # int8: the caller's calibration images (None: the built-in set)
     adopted: bool = False  # adopt_model: the weights came in memory (the OpenVINO cache keys on their hash)
-    openvino_tower: Any = None  # the compiled OpenVINO graph, made by the first Segmenter over this model
+    openvino_tower: Any = None  # the compiled OpenVINO vision graph, made by the first Segmenter over it
+    openvino_decoder: Any = None  # and the compiled OpenVINO decoder
 
     @property
     def precision_name(self) -> str:

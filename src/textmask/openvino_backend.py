@@ -1,8 +1,12 @@
-"""The OpenVINO backend (CPU): the vision tower and the decoder's prompt-free projections as one OpenVINO graph.
+"""The OpenVINO backend (CPU): the vision tower (with the decoder's prompt-free projections) and the decoder as
+OpenVINO graphs.
 
 ``textmask.load(..., backend="openvino")`` runs :meth:`textmask.Segmenter.encode_pixels` — patch embedding,
 ``pre_layrnorm``, vision layers ``0..max(extract_layers)`` and the decoder's ``reduces`` projections — through
-OpenVINO; the text tower, the decoder and example-image prompts stay in torch (float32).
+one OpenVINO graph (:func:`vision_graph`), and :meth:`textmask.Segmenter.decode` after the FiLM projections —
+the decoder layers and transposed convolutions — through a second, small one (:func:`decoder_graph`: 3–5×
+torch's float32 decoder, which matters with several prompts). The text tower, the FiLM projections and
+example-image prompts stay in torch (float32). Results do not depend on the batch size (bit for bit).
 
 * **Graph.** :func:`vision_graph` writes the graph with OpenVINO's opset from textmask's own CLIPSeg modules
   (:mod:`textmask.clipseg`), op for op as their forward (one fused QKV matrix multiply; CLIP's
@@ -10,15 +14,16 @@ OpenVINO; the text tower, the decoder and example-image prompts stay in torch (f
   No tracing: it takes a fraction of a second, where ``openvino.convert_model`` (TorchScript tracing) took
   4–80 s depending on the machine's load.
 * **Precisions.** ``float32`` (float32 weights, f32 inference), ``bfloat16`` (weights stored as float16,
-  bf16 inference; only on CPUs with native bf16) and ``int8`` (NNCF post-training quantization, calibrated
-  on :func:`calibration_images` or the caller's images; the patch-embedding convolution stays in float, and
-  what stays in float runs in bf16 where the CPU has it).
-* **Cache.** Each graph is saved once as OpenVINO IR in ``cache_root()/openvino/<name>-<precision>-<key>/``,
+  bf16 inference; only on CPUs with native bf16) and ``int8`` (NNCF post-training quantization of the vision
+  graph, calibrated on :func:`calibration_images` or the caller's images; the patch-embedding convolution stays
+  in float, and what stays in float runs in bf16 where the CPU has it, as does the decoder).
+* **Cache.** The vision graph is saved once as OpenVINO IR in ``cache_root()/openvino/<name>-<precision>-<key>/``,
   keyed by the model files' identity (or, for a model handed over in memory, a hash of its weights), the
   precision, the calibration set, the OpenVINO version and :data:`IR_VERSION`; written to a temporary folder
   and renamed into place. An entry that does not read back (truncated, corrupt, another version) is
-  deleted and rebuilt. Quantizing needs ``nncf`` (``pip install 'textmask[openvino-quantize]'``), once;
-  running a cached int8 IR needs only ``openvino``.
+  deleted and rebuilt. The decoder graph is small and built at each load (milliseconds). Quantizing needs
+  ``nncf`` (``pip install 'textmask[openvino-quantize]'``), once; running a cached int8 IR needs only
+  ``openvino``.
 """
 
 from __future__ import annotations
@@ -168,6 +173,25 @@ def _linear(ops: Any, hidden: Any, weight: torch.Tensor, bias: torch.Tensor | No
     return ops.add(out, _const(ops, bias)) if bias is not None else out
 
 
+def _attention(ops: Any, hidden: Any, attention: Any, width: int) -> Any:
+    """:class:`textmask.clipseg.layers.Attention` without a mask, ``[B, T, D]`` → ``[B, T, D]``: one fused QKV
+    matrix multiply, OpenVINO's scaled dot-product attention, the output projection."""
+    heads = attention.num_heads
+    qkv = _linear(
+        ops,
+        hidden,
+        torch.cat([attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight]),
+        torch.cat([attention.q_proj.bias, attention.k_proj.bias, attention.v_proj.bias]),
+    )
+    qkv = ops.reshape(qkv, _ints(ops, 0, 0, 3, heads, width // heads), True)
+    qkv = ops.transpose(qkv, _ints(ops, 2, 0, 3, 1, 4))  # [3, B, heads, T, head_dim]
+    query, key, value = (ops.squeeze(part, _ints(ops, 0)) for part in ops.split(qkv, 0, 3).outputs())
+    scale = ops.constant(np.float32(attention.scale))
+    attended = ops.scaled_dot_product_attention(query, key, value, scale=scale, causal=False)
+    attended = ops.reshape(ops.transpose(attended, _ints(ops, 0, 2, 1, 3)), _ints(ops, 0, 0, width), True)
+    return _linear(ops, attended, attention.out_proj.weight, attention.out_proj.bias)
+
+
 @torch.no_grad()
 def vision_graph(clipseg: Any, size: tuple[int, int]) -> Any:
     """The OpenVINO graph of :meth:`textmask.Segmenter.encode_pixels` for ``size`` inputs, float32.
@@ -186,7 +210,6 @@ def vision_graph(clipseg: Any, size: tuple[int, int]) -> Any:
     vision = clipseg.clip.vision_model
     embeddings = vision.embeddings
     width = config.vision_config.hidden_size
-    heads = config.vision_config.num_attention_heads
     height, image_width = size
     pixels = ops.parameter([-1, 3, height, image_width], np.float32, name="pixel_values")
     patch = embeddings.patch_size
@@ -204,19 +227,7 @@ def vision_graph(clipseg: Any, size: tuple[int, int]) -> Any:
     found: dict[int, Any] = {}
     for index, layer in enumerate(vision.encoder.layers[: config.vision_layers_for_masks]):
         attention, mlp = layer.self_attn, layer.mlp
-        qkv = _linear(
-            ops,
-            _layer_norm(ops, hidden, layer.layer_norm1),
-            torch.cat([attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight]),
-            torch.cat([attention.q_proj.bias, attention.k_proj.bias, attention.v_proj.bias]),
-        )
-        qkv = ops.reshape(qkv, _ints(ops, 0, 0, 3, heads, width // heads), True)
-        qkv = ops.transpose(qkv, _ints(ops, 2, 0, 3, 1, 4))  # [3, B, heads, T, head_dim]
-        query, key, value = (ops.squeeze(part, _ints(ops, 0)) for part in ops.split(qkv, 0, 3).outputs())
-        scale = ops.constant(np.float32(attention.scale))
-        attended = ops.scaled_dot_product_attention(query, key, value, scale=scale, causal=False)
-        attended = ops.reshape(ops.transpose(attended, _ints(ops, 0, 2, 1, 3)), _ints(ops, 0, 0, width), True)
-        hidden = ops.add(hidden, _linear(ops, attended, attention.out_proj.weight, attention.out_proj.bias))
+        hidden = ops.add(hidden, _attention(ops, _layer_norm(ops, hidden, layer.layer_norm1), attention, width))
         inner = _linear(ops, _layer_norm(ops, hidden, layer.layer_norm2), mlp.fc1.weight, mlp.fc1.bias)
         inner = ops.swish(inner, ops.constant(np.float32(1.702)))  # x·σ(1.702x): CLIP's quick GELU
         hidden = ops.add(hidden, _linear(ops, inner, mlp.fc2.weight, mlp.fc2.bias))
@@ -229,6 +240,104 @@ def vision_graph(clipseg: Any, size: tuple[int, int]) -> Any:
         output.output(0).get_tensor().set_names({f"reduced_{number}"})
         results.append(ops.result(output))
     return ov.Model(results, [pixels], "textmask_clipseg_vision")
+
+
+@torch.no_grad()
+def decoder_graph(clipseg: Any, tokens: int) -> Any:
+    """The OpenVINO graph of :meth:`textmask.Segmenter.decode` after the FiLM projections, float32.
+
+    Inputs ``reduced_0..`` ``[B, T, R]`` (the vision graph's outputs), ``film_mul`` and ``film_add`` ``[P, R]``
+    (the decoder's FiLM projections of P prompt embeddings); output logits ``[B·P, S, S]``, image-major (image 0
+    with each prompt, then image 1...), as the torch decoder computes them: reduced features summed layer by
+    layer, FiLM at ``conditional_layer``, the post-norm decoder layers (ReLU), then the transposed convolutions.
+
+    Args:
+        clipseg: a :class:`textmask.clipseg.CLIPSeg`.
+        tokens: T = 1 + (S / patch)².
+    """
+    ov = import_openvino()
+    import openvino.opset13 as ops
+
+    config = clipseg.config
+    decoder = clipseg.decoder
+    width = config.reduce_dim
+    depth = len(config.extract_layers)
+    reduced = [ops.parameter([-1, tokens, width], np.float32, name=f"reduced_{i}") for i in range(depth)]
+    film_mul = ops.parameter([-1, width], np.float32, name="film_mul")
+    film_add = ops.parameter([-1, width], np.float32, name="film_add")
+    batch = ops.gather(ops.shape_of(reduced[0], "i64"), _ints(ops, 0), ops.constant(np.int64(0)))
+    prompts = ops.gather(ops.shape_of(film_mul, "i64"), _ints(ops, 0), ops.constant(np.int64(0)))
+    pairs_shape = ops.concat([batch, prompts, _ints(ops, tokens, width)], 0)  # [B, P, T, R]
+
+    def per_pair(values: Any) -> Any:  # [B, T, R] → [B·P, T, R], each image repeated for each prompt
+        return ops.reshape(
+            ops.broadcast(ops.unsqueeze(values, _ints(ops, 1)), pairs_shape), _ints(ops, -1, tokens, width), False
+        )
+
+    output: Any = None
+    expanded = False
+    for index, (features, layer) in enumerate(zip(reduced, decoder.layers)):
+        if expanded:
+            features = per_pair(features)
+        output = features if output is None else ops.add(features, output)
+        if index == config.conditional_layer:
+            scale = ops.unsqueeze(film_mul, _ints(ops, 0, 2))  # [1, P, 1, R]
+            shift = ops.unsqueeze(film_add, _ints(ops, 0, 2))
+            output = ops.add(ops.multiply(ops.unsqueeze(output, _ints(ops, 1)), scale), shift)  # [B, P, T, R]
+            output = ops.reshape(output, _ints(ops, -1, tokens, width), False)
+            expanded = True
+        attended = _attention(ops, output, layer.self_attn, width)
+        output = _layer_norm(ops, ops.add(attended, output), layer.layer_norm1)
+        mlp = layer.mlp
+        inner = ops.relu(_linear(ops, output, mlp.fc1.weight, mlp.fc1.bias))
+        output = _layer_norm(ops, ops.add(_linear(ops, inner, mlp.fc2.weight, mlp.fc2.bias), output), layer.layer_norm2)
+    if not expanded:
+        output = per_pair(output)
+    side = round((tokens - 1) ** 0.5)
+    grid = ops.slice(output, _ints(ops, 1), _ints(ops, tokens), _ints(ops, 1), _ints(ops, 1))  # drop the class token
+    grid = ops.reshape(ops.transpose(grid, _ints(ops, 0, 2, 1)), _ints(ops, -1, width, side, side), False)
+    upsample = decoder.transposed_convolution
+    modules = list(upsample) if isinstance(upsample, torch.nn.Sequential) else [upsample]
+    for module in modules:
+        if isinstance(module, torch.nn.ReLU):
+            grid = ops.relu(grid)
+            continue
+        stride, padding = list(module.stride), list(module.padding)
+        if isinstance(module, torch.nn.ConvTranspose2d):
+            grid = ops.convolution_backprop_data(
+                grid, _const(ops, module.weight), stride, pads_begin=padding, pads_end=padding, dilations=[1, 1]
+            )
+        else:
+            grid = ops.convolution(grid, _const(ops, module.weight), stride, padding, padding, [1, 1])
+        if module.bias is not None:
+            grid = ops.add(grid, _const(ops, module.bias.reshape(1, -1, 1, 1)))
+    logits = ops.squeeze(grid, _ints(ops, 1))  # [B·P, S, S]
+    logits.output(0).get_tensor().set_names({"logits"})
+    return ov.Model([ops.result(logits)], [*reduced, film_mul, film_add], "textmask_clipseg_decoder")
+
+
+class OpenVINODecoder:
+    """A compiled :func:`decoder_graph`: ``(reduced features [B, T, R]..., film_mul, film_add [P, R])`` →
+    logits ``[B, P, S, S]`` float32."""
+
+    def __init__(self, compiled: Any) -> None:
+        self.compiled = compiled
+        self._request = compiled.create_infer_request()
+        self._lock = threading.Lock()
+
+    def __call__(self, reduced: Sequence[torch.Tensor], film_mul: torch.Tensor, film_add: torch.Tensor) -> torch.Tensor:
+        arrays = [x.detach().to("cpu", torch.float32).contiguous().numpy() for x in (*reduced, film_mul, film_add)]
+        with self._lock:
+            results = self._request.infer(dict(enumerate(arrays)), share_inputs=True, share_outputs=False)
+            logits = torch.from_numpy(np.asarray(results[self.compiled.outputs[0]]))
+        return logits.reshape(reduced[0].shape[0], film_mul.shape[0], *logits.shape[-2:])
+
+
+def load_decoder(clipseg: Any, tokens: int, precision: str) -> OpenVINODecoder:
+    """The decoder graph, built (a few milliseconds: it is small, so it is not cached on disk) and compiled in
+    ``precision``'s float precision (int8: bf16 where the CPU has it; the decoder is not quantized)."""
+    import_openvino()
+    return OpenVINODecoder(_compile(decoder_graph(clipseg, tokens), precision))
 
 
 # ------------------------------------------------------------------------------------- calibration
