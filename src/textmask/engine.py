@@ -182,7 +182,7 @@ def _openvino_decoder(loaded: LoadedModel) -> Any:
             height, width = loaded.preprocess.size
             patch = loaded.model.config.vision_config.patch_size
             tokens = 1 + (height // patch) * (width // patch)
-            loaded.openvino_decoder = load_decoder(loaded.model, tokens, str(loaded.precision))
+            loaded.openvino_decoder = load_decoder(loaded.model, tokens)
         return loaded.openvino_decoder
 
 
