@@ -16,8 +16,10 @@ process, for each case (image size × number of prompts):
 3. one batched transformers forward: processor + ``model(**inputs)`` for all images × prompts, then
    bilinear upsampling, sigmoid and the union over prompts;
 4. textmask at its defaults (float32): ``textmask.load(model).mask(images, prompts)``;
-5. textmask's fast mode: ``textmask.load(model, dtype="fast")`` (int8 vision linears on CPU, float16 on GPU);
-   and, as a tried alternative, textmask in bfloat16.
+5. textmask's torch fast mode: ``textmask.load(model, dtype="fast", backend="torch")`` (int8 vision linears on
+   CPU, float16 on GPU); and, as a tried alternative, textmask in bfloat16;
+6. on a CPU with OpenVINO installed, the OpenVINO backend: ``backend="openvino"`` in bfloat16 (where the CPU has
+   it: what ``dtype="fast"`` runs there) and int8 (NNCF, quantized once and cached; needs nncf the first time).
 
 Rows are timed round-robin (every row once per repeat, best repeat kept) so that a noisy machine slows
 all rows alike; ratios within one run are what count. Results go to ``benchmarks/results/*.json``.
@@ -186,6 +188,15 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         info["transformers"] = transformers.__version__
     except ImportError:  # pragma: no cover
         pass
+    from importlib import metadata
+
+    for package in ("openvino", "nncf"):
+        try:
+            info[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    if hasattr(os, "getloadavg"):
+        info["load_average_at_start"] = [round(x, 2) for x in os.getloadavg()]
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -288,32 +299,67 @@ def agreement(reference: torch.Tensor, other: torch.Tensor) -> dict[str, float]:
     }
 
 
-def cold_start(model: str, dtype: str, device: str) -> dict[str, Any]:
-    """A fresh interpreter: ``import textmask`` (and whether torch got imported), load, first mask of one image."""
+def cold_start(model: str, dtype: str, device: str, backend: str = "auto", cache: Path | None = None) -> dict[str, Any]:
+    """A fresh interpreter: ``import textmask`` (and whether torch got imported), load, first mask of one image.
+
+    With ``backend="openvino"`` also the vision graph's own steps (``tower``: build, quantize, save or read,
+    compile, in seconds) and whether it was built or read from the cache. ``cache``: the textmask cache to use
+    (an empty folder measures the first load on a machine).
+    """
     code = f"""
 import json, sys, time
 t0 = time.perf_counter()
 import textmask
 t1 = time.perf_counter()
 lazy = "torch" not in sys.modules
-session = textmask.load({model!r}, device={device!r}, dtype={dtype!r})
+session = textmask.load({model!r}, device={device!r}, dtype={dtype!r}, backend={backend!r})
 t2 = time.perf_counter()
 import torch
 image = torch.rand(512, 512, 3)
 session.mask(image, "a cat")
 t3 = time.perf_counter()
+tower = getattr(session, "_openvino", None)
 print(json.dumps({{"import_s": t1 - t0, "torch_not_imported": lazy, "load_s": t2 - t1, "first_mask_s": t3 - t2,
-                  "total_s": t3 - t0}}))
+                  "total_s": t3 - t0, "precision": session.precision_name,
+                  "tower": tower.timings if tower is not None else None,
+                  "built": tower.built if tower is not None else None}}))
 """
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env["TRANSFORMERS_VERBOSITY"] = "error"
     env["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    if cache is not None:
+        env["TEXTMASK_CACHE"] = str(cache)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def openvino_cold_starts(model: str, folder: Path, quick: bool) -> dict[str, dict[str, Any]]:
+    """Cold starts of the OpenVINO backend, each in a fresh interpreter: bfloat16 on an empty cache (build the
+    graph, save the IR, compile), then on that cache (read the IR, compile); int8 from textmask's cache (the
+    benchmark's own session quantized it already) and, unless ``quick``, on an empty cache (quantization
+    included). The empty caches load the model from its folder, so only the OpenVINO steps are new."""
+    import shutil
+    import tempfile
+
+    from textmask import openvino_backend
+
+    out: dict[str, dict[str, Any]] = {}
+    scratch = Path(tempfile.mkdtemp(prefix="textmask-bench-ov-"))
+    try:
+        precision = "bfloat16" if openvino_backend.cpu_supports_bf16() else "float32"
+        out[f"openvino {precision}, empty cache"] = cold_start(str(folder), precision, "cpu", "openvino", scratch)
+        out[f"openvino {precision}, cached IR"] = cold_start(str(folder), precision, "cpu", "openvino", scratch)
+        if openvino_backend.nncf_installed():
+            out["openvino int8, cached IR"] = cold_start(model, "int8", "cpu", "openvino")
+            if not quick:
+                out["openvino int8, empty cache"] = cold_start(str(folder), "int8", "cpu", "openvino", scratch / "q")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return out
 
 
 def memory_soak(model: str, device: str, count: int, size: int, dtype: str) -> dict[str, Any]:
@@ -520,9 +566,20 @@ def print_report(report: dict[str, Any]) -> None:
             continue
         print(
             f"cold start ({label}): import textmask {cold['import_s']:.3f} s (torch not imported: "
-            f"{cold['torch_not_imported']}), load {cold['load_s']:.2f} s, first mask of one 512² image "
-            f"{cold['first_mask_s']:.2f} s, total {cold['total_s']:.2f} s"
+            f"{cold['torch_not_imported']}), load {cold['load_s']:.2f} s{tower_steps(cold)}, first mask of one "
+            f"512² image {cold['first_mask_s']:.2f} s, total {cold['total_s']:.2f} s"
         )
+    for label, load in report.get("openvino_loads", {}).items():
+        if "error" not in load:
+            steps = ", ".join(f"{k} {v:.2f} s" for k, v in load["steps"].items())
+            print(
+                f"benchmark's own {label} load: {load['seconds']:.2f} s "
+                f"({'built' if load['built'] else 'cached'}: {steps})"
+            )
+    table = openvino_table(report)
+    if table:
+        print("\nOpenVINO beside torch (s/image, batch as above; agreement with float32 masks):")
+        print("\n".join(table))
     soak = report.get("memory_soak")
     if soak:
         if "error" in soak:
@@ -537,6 +594,46 @@ def print_report(report: dict[str, Any]) -> None:
     print("\ntargets:")
     for target in report["targets"]:
         print(f"  [{'met' if target['met'] else 'NOT met'}] {target['name']}: {target['value']}")
+
+
+def tower_steps(cold: dict[str, Any]) -> str:
+    """`` (built: build 0.66 s, save 0.50 s, compile 0.61 s)`` for an OpenVINO cold start, else ``""``."""
+    steps = cold.get("tower")
+    if not steps:
+        return ""
+    text = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in steps.items())
+    return f" ({'built' if cold.get('built') else 'from the cached IR'}: {text})"
+
+
+def openvino_table(report: dict[str, Any]) -> list[str]:
+    """Markdown: float32, the torch fast mode and the OpenVINO rows side by side, per case, with agreement."""
+    labels = [label for label in report["sessions"] if label.startswith("openvino")]
+    if not labels:
+        return []
+    default, fast = report["default_label"], report["fast_label"]
+    shown = [default, fast, *labels]
+    head = "| case | " + " | ".join(shown) + " |"
+    lines = [head, "| --- | " + " | ".join("---:" for _ in shown) + " |"]
+    for case in report["cases"]:
+        rows, agree = case["rows"], case["agreement"]
+        cells = []
+        for label in shown:
+            seconds = rows[label]["seconds_per_image"]
+            cell = f"{seconds:.3f}"
+            if label != default:
+                vs_fast = rows[fast]["seconds_per_image"] / seconds
+                a = agree[f"{label}_vs_float32_masks"]
+                cell += f" ({vs_fast:.2f}× fast; Δp {a['mean_abs_dp']:.4f}, IoU {a['iou_at_0.5']:.4f})"
+            cells.append(cell)
+        lines.append(f"| {case['size']}², {case['prompts']} prompt(s) | " + " | ".join(cells) + " |")
+    tower = report.get("tower", {})
+    if tower:
+        lines.append(
+            "| vision tower alone | "
+            + " | ".join(f"{tower[label]['seconds_per_image']:.3f}" for label in shown if label in tower)
+            + " |"
+        )
+    return lines
 
 
 def _md(text: str) -> str:
@@ -593,9 +690,12 @@ def markdown_report(report: dict[str, Any]) -> str:
     for label, cold in report["cold_start"].items():
         if "import_s" in cold:
             lines.append(
-                f"- cold start ({label}): import {cold['import_s']:.3f} s, load {cold['load_s']:.2f} s, "
-                f"first mask {cold['first_mask_s']:.2f} s"
+                f"- cold start ({label}): import {cold['import_s']:.3f} s, load {cold['load_s']:.2f} s"
+                f"{tower_steps(cold)}, first mask {cold['first_mask_s']:.2f} s"
             )
+    table = openvino_table(report)
+    if table:
+        lines += ["", *table]
     soak = report.get("memory_soak")
     if soak and "within_budget" in soak:
         lines.append(
@@ -642,6 +742,35 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             )
         else:
             add(f"{where}: float32 ≥ 3.5× transformers batched", vs_hf >= 3.5, f"{vs_hf:.2f}×")
+    ov_labels = [label for label in report["sessions"] if label.startswith("openvino")]
+    for case in report["cases"]:
+        if case["prompts"] != 1:
+            continue
+        rows, a = case["rows"], case["agreement"]
+        where = f"{case['size']}², {case['prompts']} prompt(s)"
+        fast_seconds = rows[fast]["seconds_per_image"]
+        fast_agree = a[f"{fast}_vs_float32_masks"]
+        for label in ov_labels:
+            seconds, agree = rows[label]["seconds_per_image"], a[f"{label}_vs_float32_masks"]
+            if label.endswith("int8"):
+                add(
+                    f"{where}: {label} ≥ 1.5× the torch fast mode",
+                    fast_seconds / seconds >= 1.5,
+                    f"{fast_seconds / seconds:.2f}×",
+                )
+            else:
+                add(
+                    f"{where}: {label} at least as fast as the torch fast mode",
+                    seconds <= fast_seconds,
+                    f"{seconds:.3f} vs {fast_seconds:.3f} s/image ({fast_seconds / seconds:.2f}×)",
+                )
+                add(
+                    f"{where}: {label} agrees better with float32 than the torch fast mode",
+                    agree["mean_abs_dp"] < fast_agree["mean_abs_dp"]
+                    and agree["iou_at_0.5"] >= fast_agree["iou_at_0.5"],
+                    f"mean|Δp| {agree['mean_abs_dp']:.4f} vs {fast_agree['mean_abs_dp']:.4f}, "
+                    f"IoU {agree['iou_at_0.5']:.4f} vs {fast_agree['iou_at_0.5']:.4f}",
+                )
     for label, cold in report["cold_start"].items():
         if "import_s" in cold:
             add(
@@ -659,6 +788,34 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     return targets
 
 
+def load_openvino_sessions(model: str, sessions: dict[str, Any]) -> dict[str, Any]:
+    """Add the OpenVINO rows to ``sessions`` (bfloat16 where the CPU has it, else float32; int8 when it is cached
+    or NNCF can quantize) and return what each load cost (the graph's build, quantize, save, read, compile)."""
+    import textmask
+    from textmask import openvino_backend
+    from textmask.errors import TextmaskError
+
+    loads: dict[str, Any] = {}
+    if not openvino_backend.openvino_installed():
+        print("OpenVINO is not installed: no OpenVINO rows (pip install 'textmask[openvino-quantize]')", flush=True)
+        return loads
+    precisions = ["bfloat16" if openvino_backend.cpu_supports_bf16() else "float32", "int8"]
+    for precision in precisions:
+        label = f"openvino {precision}"
+        print(f"loading {label} (converted, quantized for int8, once; then cached) ...", flush=True)
+        started = time.perf_counter()
+        try:
+            session = textmask.load(model, device="cpu", dtype=precision, backend="openvino")
+        except TextmaskError as exc:
+            print(f"  skipped: {exc}", flush=True)
+            loads[label] = {"error": str(exc)}
+            continue
+        tower = session._openvino
+        loads[label] = {"seconds": time.perf_counter() - started, "built": tower.built, "steps": tower.timings}
+        sessions[label] = session
+    return loads
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer images and cases (< 2 minutes)")
@@ -674,6 +831,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-images", type=int, help="images of 1024² in the memory run (default 256; 0: skip)")
     parser.add_argument("--soak-dtype", default="float32", help="dtype of the memory run (default float32)")
     parser.add_argument("--no-bfloat16", action="store_true", help="skip the bfloat16 row (tried alternative)")
+    parser.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO rows (CPU, openvino installed)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="folder for the JSON")
     parser.add_argument("--render", type=Path, help="print a saved results JSON as text and Markdown, then exit")
@@ -713,12 +871,17 @@ def main(argv: list[str] | None = None) -> int:
     folder = locate_model(args.model)
     processor = CLIPSegProcessor.from_pretrained(folder)
     model = CLIPSegForImageSegmentation.from_pretrained(folder).to(device).eval()
-    default_label, fast_label = "textmask float32", "textmask fast"
-    sessions = {default_label: textmask.load(args.model, device=args.device)}
-    fast_session = textmask.load(args.model, device=args.device, dtype="fast")
+    default_label, fast_label = "textmask float32", "textmask fast (torch)"
+    sessions = {default_label: textmask.load(args.model, device=args.device, backend="torch")}
+    fast_session = textmask.load(args.model, device=args.device, dtype="fast", backend="torch")
     sessions[fast_label] = fast_session
     if not args.no_bfloat16 and not quick:
-        sessions["textmask bfloat16 (tried)"] = textmask.load(args.model, device=args.device, dtype="bfloat16")
+        sessions["textmask bfloat16 (tried)"] = textmask.load(
+            args.model, device=args.device, dtype="bfloat16", backend="torch"
+        )
+    openvino_loads: dict[str, Any] = {}
+    if device.type == "cpu" and not args.no_openvino:
+        openvino_loads = load_openvino_sessions(args.model, sessions)
     ctx = {
         "args": args,
         "device": device,
@@ -731,6 +894,7 @@ def main(argv: list[str] | None = None) -> int:
         "chunk": DEFAULT_BATCH_SIZE,
     }
     report: dict[str, Any] = {
+        "openvino_loads": openvino_loads,
         "command": " ".join(["python", "benchmarks/bench.py", *(argv if argv is not None else sys.argv[1:])]),
         "model": args.model,
         "machine": machine_info(device),
@@ -750,14 +914,17 @@ def main(argv: list[str] | None = None) -> int:
     report["tower"] = tower_throughput(ctx)
     print("cold starts (fresh interpreters) ...", flush=True)
     report["cold_start"] = {
-        "float32": cold_start(args.model, "float32", args.device),
-        "fast": cold_start(args.model, "fast", args.device),
+        "float32": cold_start(args.model, "float32", args.device, "torch"),
+        "fast (torch)": cold_start(args.model, "fast", args.device, "torch"),
+        **(openvino_cold_starts(args.model, folder, quick) if openvino_loads else {}),
     }
     if args.soak_images:
         print(f"memory: {args.soak_images} images of 1024² in a fresh process ...", flush=True)
         report["memory_soak"] = memory_soak(args.model, args.device, args.soak_images, 1024, args.soak_dtype)
     report["targets"] = evaluate_targets(report)
     report["wall_seconds"] = time.perf_counter() - started
+    if hasattr(os, "getloadavg"):
+        report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print_report(report)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")

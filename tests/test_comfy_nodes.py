@@ -147,7 +147,8 @@ def test_our_nodes_declare_the_promised_inputs_and_outputs():
     loader = TextmaskCLIPSegLoader.INPUT_TYPES()["required"]
     assert loader["model"][0][0] == DEFAULT  # outside ComfyUI: just the hub id
     assert loader["device"][0] == ["auto", "cpu"]
-    assert loader["dtype"][0] == ["auto", "float32", "float16", "bfloat16"]
+    assert loader["dtype"][0] == ["auto", "float32", "float16", "bfloat16", "int8"]  # int8: OpenVINO
+    assert TextmaskCLIPSegLoader.INPUT_TYPES()["optional"]["backend"][0] == ["auto", "torch", "openvino"]
     assert TextmaskCLIPSegLoader.RETURN_TYPES == ("CLIPSEG_MODEL",)
     masking = TextmaskCLIPSegMasking.INPUT_TYPES()
     assert set(masking["required"]) == {

@@ -41,7 +41,8 @@ def _images(count: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def fast_session(tiny_model_dir: Path):
-    return textmask.load(str(tiny_model_dir), dtype="fast")
+    # torch's fast mode (with OpenVINO installed, dtype="fast" alone may run OpenVINO: tests/test_openvino.py)
+    return textmask.load(str(tiny_model_dir), dtype="fast", backend="torch")
 
 
 # ------------------------------------------------------------------------------------- fast mode
@@ -72,7 +73,7 @@ def test_fast_mode_masks_agree_with_float32(tiny_session, fast_session) -> None:
 
 def test_fast_mode_is_a_separate_cached_session(tiny_model_dir, tiny_session, fast_session, reference) -> None:
     assert fast_session is not tiny_session
-    assert fast_session is textmask.load(str(tiny_model_dir), dtype="fast")
+    assert fast_session is textmask.load(str(tiny_model_dir), dtype="fast", backend="torch")
     assert fast_session.loaded.fast and not tiny_session.loaded.fast
     assert "fast" in repr(fast_session)
     # The model object itself is left untouched: its own forward still equals the reference.

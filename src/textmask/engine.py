@@ -15,6 +15,7 @@ never used is skipped.
 from __future__ import annotations
 
 import logging
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
@@ -150,6 +151,42 @@ def _decoder_layer(layer: DecoderLayer, hidden: torch.Tensor) -> torch.Tensor:
     return layer.layer_norm2(mlp.fc2(inner).add_(hidden))
 
 
+_OPENVINO_LOCK = threading.Lock()
+
+
+def _openvino_tower(loaded: LoadedModel, prepare: Callable[[list[torch.Tensor]], torch.Tensor]) -> Any:
+    """The loaded model's compiled OpenVINO vision graph, made once per :class:`LoadedModel` (read from textmask's
+    cache, or built, quantized for int8, and saved there: :func:`textmask.openvino_backend.load_tower`)."""
+    from .openvino_backend import load_tower
+
+    with _OPENVINO_LOCK:
+        if loaded.openvino_tower is None:
+            loaded.openvino_tower = load_tower(
+                loaded.model,
+                name=loaded.folder.name if not loaded.adopted else Path(loaded.source).name,
+                folder=None if loaded.adopted else loaded.folder,
+                precision=str(loaded.precision),
+                size=tuple(loaded.preprocess.size),
+                prepare=prepare,
+                calibration=loaded.calibration,
+            )
+            log.info("OpenVINO vision tower ready: %s (%s)", loaded.openvino_tower, loaded.openvino_tower.timings)
+        return loaded.openvino_tower
+
+
+def _openvino_decoder(loaded: LoadedModel) -> Any:
+    """The loaded model's compiled OpenVINO decoder (:func:`textmask.openvino_backend.load_decoder`), made once."""
+    from .openvino_backend import load_decoder
+
+    with _OPENVINO_LOCK:
+        if getattr(loaded, "openvino_decoder", None) is None:
+            height, width = loaded.preprocess.size
+            patch = loaded.model.config.vision_config.patch_size
+            tokens = 1 + (height // patch) * (width // patch)
+            loaded.openvino_decoder = load_decoder(loaded.model, tokens)
+        return loaded.openvino_decoder
+
+
 @dataclass
 class ImageFeatures:
     """What the decoder needs from a batch of images, computed once by :meth:`Segmenter.encode_images`.
@@ -207,6 +244,8 @@ class Segmenter:
         self._vision_layers = list(vision.encoder.layers[: config.vision_layers_for_masks])
         self._run_layer = _encoder_layer
         self._run_decoder_layer = _decoder_layer
+        self.backend: str = getattr(loaded, "backend", "torch")
+        self._openvino: Any = None  # backend="openvino": the compiled vision graph (textmask.openvino_backend)
         if getattr(loaded, "fast", False):  # rearranged (and maybe int8) copies; the model stays as it is
             from .fast import fast_vision_layers
 
@@ -218,10 +257,24 @@ class Segmenter:
         self._example_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         # Padding colour for cropped examples: the 8-bit level whose normalized value is nearest 0 (the mean).
         self._example_fill = self._pixel_table.abs().argmin(dim=1).to(torch.uint8).cpu()
+        self._openvino_decoder: Any = None
+        if self.backend == "openvino":
+            self._openvino = _openvino_tower(loaded, self.preprocess)
+            self._openvino_decoder = _openvino_decoder(loaded)
 
     def __repr__(self) -> str:
         fast = f", fast ({self.loaded.quantize or self.dtype})" if getattr(self.loaded, "fast", False) else ""
+        if self.backend == "openvino":
+            fast = f", openvino {self.loaded.precision}"
         return f"Segmenter(source={self.loaded.source!r}, device={self.device}, dtype={self.dtype}{fast})"
+
+    @property
+    def precision_name(self) -> str:
+        """What runs the vision tower, in words: ``float32``, ``bfloat16``, ``float16``, or ``openvino-bfloat16``,
+        ``openvino-int8``..."""
+        if self.backend == "openvino":
+            return f"openvino-{self.loaded.precision}"
+        return str(self.dtype).removeprefix("torch.")
 
     # ------------------------------------------------------------------------------ preprocessing
     def _level_to_pixel_table(self) -> torch.Tensor:
@@ -281,6 +334,8 @@ class Segmenter:
             pixel_values: ``[B, 3, S, S]`` from :meth:`preprocess`.
             sizes: each image's original ``(height, width)``.
         """
+        if self._openvino is not None:
+            return ImageFeatures(reduced=self._openvino(pixel_values), sizes=list(sizes))
         vision = self.clipseg.clip.vision_model
         hidden = vision.pre_layrnorm(self._embed(pixel_values))
         activations: dict[int, torch.Tensor] = {}
@@ -449,6 +504,8 @@ class Segmenter:
         decoder = self.clipseg.decoder
         batch, prompts = len(features), embeddings.shape[0]
         embeddings = embeddings.to(device=self.device, dtype=self.dtype)
+        if self._openvino_decoder is not None:  # backend="openvino": the decoder layers run there too
+            return self._openvino_decoder(features.reduced, decoder.film_mul(embeddings), decoder.film_add(embeddings))
         film_mul = decoder.film_mul(embeddings)[None, :, None, :]  # [1, P, 1, R]
         film_add = decoder.film_add(embeddings)[None, :, None, :]
         output: torch.Tensor | None = None
@@ -1046,6 +1103,8 @@ def load(
     cache_dir: str | None = None,
     allow_pickle: bool = False,
     download: bool = True,
+    backend: str | None = "auto",
+    calibration: Any = None,
 ) -> Segmenter:
     """Load (once per process) a CLIPSeg model as a :class:`Segmenter`.
 
@@ -1053,13 +1112,28 @@ def load(
         model: Hugging Face id (default ``CIDAS/clipseg-rd64-refined``), a local folder, a Hugging Face
             cache folder, or ``random-tiny`` / ``random-full`` (random weights, meaningless masks).
         device: ``"cpu"`` (default), ``"cuda"``, ``"mps"`` or ``"auto"``.
-        dtype: ``"float32"`` (default), ``"bfloat16"``, ``"float16"`` or ``"fast"``.
+        dtype: ``"float32"`` (default), ``"bfloat16"``, ``"float16"``, ``"fast"`` (the quickest precision that
+            agrees well on this device), or ``"int8"`` (OpenVINO).
         cache_dir: Hugging Face cache to look in and download to (ComfyUI: ``models/clipseg``).
         allow_pickle: also accept ``pytorch_model.bin`` weights (only from sources you trust).
         download: allow downloading when the weights are not cached.
+        backend: what runs the vision tower: ``"torch"``, ``"openvino"`` (CPU only; ``pip install
+            'textmask[openvino]'``; converted once and cached in textmask's cache), or ``"auto"`` (default:
+            OpenVINO bfloat16 for ``dtype="fast"`` on a CPU with native bf16 when OpenVINO is installed, OpenVINO
+            for ``dtype="int8"``, else torch; see :func:`textmask.model.resolve_backend`).
+        calibration: ``dtype="int8"``: images to calibrate the quantization on (anything :meth:`Segmenter.mask`
+            takes; a few dozen typical ones), instead of textmask's built-in set. Quantizing needs ``pip install
+            'textmask[openvino-quantize]'`` once; the int8 model is cached.
     """
     loaded = load_model(
-        model, device=device, dtype=dtype, cache_dir=cache_dir, allow_pickle=allow_pickle, download=download
+        model,
+        device=device,
+        dtype=dtype,
+        cache_dir=cache_dir,
+        allow_pickle=allow_pickle,
+        download=download,
+        backend=backend,
+        calibration=calibration,
     )
     session = _SESSIONS.get(id(loaded))
     if session is None or session.loaded is not loaded:
@@ -1107,7 +1181,7 @@ def _torchvision_resize(group: torch.Tensor, size: tuple[int, int], resample: st
     return resized.to(group.device)
 
 
-_HF_SESSIONS: OrderedDict[tuple[int, int, str, str], tuple[Any, Any, Segmenter]] = OrderedDict()
+_HF_SESSIONS: OrderedDict[tuple[int, int, str, str, str], tuple[Any, Any, Segmenter]] = OrderedDict()
 _HF_SESSIONS_MAX = 4
 
 
@@ -1116,6 +1190,7 @@ def session_from_hf(
     model: Any,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    backend: str | None = "auto",
 ) -> Segmenter:
     """A :class:`Segmenter` over a ``(CLIPSegProcessor, CLIPSegForImageSegmentation)`` pair loaded elsewhere
     (e.g. another ComfyUI pack's loader).
@@ -1131,16 +1206,18 @@ def session_from_hf(
         processor: its tokenizer and image-processor settings (size, resample, mean, std, rescale) are used.
         model: the CLIPSeg model.
         device: target device (None: the model's own).
-        dtype: target dtype (None: the model's own).
+        dtype: target dtype (None: the model's own); with ``backend="openvino"`` its precision.
+        backend: ``"torch"``, ``"openvino"`` or ``"auto"`` (as for :func:`load`); OpenVINO graphs of models
+            handed over this way are cached under a hash of their weights.
     """
     from .model import adopt_model
 
-    key = (id(model), id(processor), str(device), str(dtype))
+    key = (id(model), id(processor), str(device), str(dtype), str(backend))
     cached = _HF_SESSIONS.get(key)
     if cached is not None and cached[0] is model and cached[1] is processor:
         _HF_SESSIONS.move_to_end(key)
         return cached[2]
-    session = Segmenter(adopt_model(processor, model, device=device, dtype=dtype))
+    session = Segmenter(adopt_model(processor, model, device=device, dtype=dtype, backend=backend))
     _HF_SESSIONS[key] = (model, processor, session)
     while len(_HF_SESSIONS) > _HF_SESSIONS_MAX:
         _HF_SESSIONS.popitem(last=False)

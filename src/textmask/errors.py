@@ -30,6 +30,10 @@ class ModelLoadError(TextmaskError):
     """The model files exist but cannot be loaded (corrupt, truncated, unsupported format)."""
 
 
+class BackendUnavailable(TextmaskError, ImportError):
+    """A backend or precision needs a package that is not installed (the message says what to install)."""
+
+
 class InputError(TextmaskError, ValueError):
     """An image input cannot be used (wrong shape, dtype, values, or an unreadable file)."""
 

@@ -1,7 +1,9 @@
 """The fast mode's vision layers: the same CLIP encoder layer, rearranged for speed, not for bit-parity.
 
-``textmask.load(..., dtype="fast")`` runs the vision tower through :class:`FastVisionLayer` copies of the
-model's layers (the model itself is left untouched: other paths, such as image prompts, still use it):
+``textmask.load(..., dtype="fast", backend="torch")`` (and ``dtype="fast"`` alone where OpenVINO is not
+installed or the CPU lacks native bf16: :func:`textmask.model.resolve_backend`) runs the vision tower through
+:class:`FastVisionLayer` copies of the model's layers (the model itself is left untouched: other paths, such as
+image prompts, still use it):
 
 * the query, key and value projections are one matrix multiply (one pass over the activations);
 * CLIP's activation ``x · sigmoid(1.702 x)`` becomes one in-place ``silu``: the factor 1.702 is folded

@@ -117,12 +117,21 @@ def _dtype_support(device: str) -> dict[str, str]:
     from .model import cpu_has_native_bf16
 
     if device == "cpu":
+        from .model import fast_precision, resolve_backend
+
         native = cpu_has_native_bf16()
+        try:
+            backend, precision = resolve_backend("auto", "cpu", "fast")
+        except Exception:  # pragma: no cover - a broken OpenVINO: reported as torch
+            backend, precision = "torch", None
+        dtype, quantize = fast_precision(torch.device("cpu"))
+        torch_fast = "torch int8 (dynamic)" if quantize else f"torch {str(dtype).removeprefix('torch.')}"
         return {
             "float32": "yes",
             "bfloat16": "yes, native (fast)" if native else "yes, emulated (usually slower than float32)",
             "float16": "no (refused on CPU: very slow)",
-            "fast": "bfloat16" if native else "float32",
+            "int8": "OpenVINO (--backend openvino; quantizing needs nncf)",
+            "fast": f"openvino {precision}" if backend == "openvino" else torch_fast,
         }
     if device.startswith("cuda"):
         bf16 = torch.cuda.is_bf16_supported()
@@ -161,6 +170,8 @@ def environment(cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
         "transformers": _version("transformers"),
         "pillow": _version("pillow"),
         "av": _version("av"),
+        "openvino": _version("openvino"),
+        "nncf": _version("nncf"),
         "auto_device": str(resolve_device("auto")),
         "devices": devices,
         "threads": {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads()},

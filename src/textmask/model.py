@@ -80,7 +80,8 @@ def int8_available() -> bool:
 
 
 def fast_precision(device: torch.device) -> tuple[torch.dtype, str | None]:
-    """What ``dtype="fast"`` runs on ``device``: ``(dtype, quantize)``.
+    """What ``dtype="fast"`` runs on ``device`` with the torch backend: ``(dtype, quantize)`` (with OpenVINO
+    installed, ``dtype="fast"`` on a bf16 CPU runs OpenVINO instead: :func:`resolve_backend`).
 
     CUDA/MPS: float16. CPU: float32 activations with int8 vision linear layers (dynamic quantization;
     int8 multiplies at about twice bfloat16's rate and four times float32's on VNNI CPUs), or bfloat16
@@ -113,6 +114,65 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if chosen == torch.float16 and device.type == "cpu":
         raise ValueError("dtype: float16 is very slow or unsupported on CPU; use bfloat16 or 'fast' there")
     return chosen
+
+
+BACKENDS = ("auto", "torch", "openvino")
+
+
+def resolve_backend(
+    backend: str | None, device: str | torch.device | None, dtype: str | torch.dtype | None
+) -> tuple[str, str | None]:
+    """Which backend runs the vision tower, and in what OpenVINO precision: ``(backend, precision)``.
+
+    * ``"torch"``: textmask's torch modules (the only GPU path); precision None.
+    * ``"openvino"``: OpenVINO on the CPU (:mod:`textmask.openvino_backend`); ``dtype`` ``float32``,
+      ``bfloat16``, ``int8`` or ``fast`` (see :func:`textmask.openvino_backend.fast_precision`).
+    * ``"auto"``/None: ``"openvino"`` in bfloat16 for ``dtype="fast"`` on the CPU when OpenVINO is installed and
+      the CPU has native bf16 (as fast as torch's int8, with a third of its error: docs/benchmarks.md), and for
+      ``dtype="int8"``; else ``"torch"``.
+
+    Raises:
+        ValueError: an unknown backend; ``backend="openvino"`` with a GPU device; a dtype the backend does not run.
+        BackendUnavailable: ``backend="openvino"`` without OpenVINO installed.
+    """
+    name = "auto" if backend is None else str(backend)
+    if name not in BACKENDS:
+        raise ValueError(f"backend: {backend!r} is not one of {list(BACKENDS)}")
+    if name == "auto":
+        if isinstance(dtype, str) and dtype == "int8":
+            name = "openvino"
+        elif isinstance(dtype, str) and dtype == "fast" and resolve_device(device).type == "cpu":
+            from . import openvino_backend as ovb
+
+            if ovb.openvino_installed() and cpu_has_native_bf16():
+                try:
+                    ovb.import_openvino()
+                    return "openvino", ovb.resolve_precision("bfloat16")
+                except Exception as exc:  # installed but broken: the torch fast mode, as without it
+                    log.warning("OpenVINO is installed but unusable (%s); dtype='fast' runs on torch", first_line(exc))
+            return "torch", None
+        else:
+            return "torch", None
+    if name == "torch":
+        if isinstance(dtype, str) and dtype == "int8":
+            raise ValueError(
+                "dtype: 'int8' is the OpenVINO backend's (backend='openvino'); torch's int8 mode is dtype='fast'"
+            )
+        return "torch", None
+    if device is not None and str(device) not in ("auto", "cpu"):
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, TypeError):
+            kind = str(device)
+        if kind != "cpu":
+            raise ValueError(
+                f"device: {device!r} with backend='openvino': the OpenVINO backend runs on the CPU only; use "
+                "backend='torch' (the default) for GPUs"
+            )
+    from . import openvino_backend as ovb
+
+    ovb.import_openvino()
+    return "openvino", ovb.resolve_precision(dtype)
 
 
 # ------------------------------------------------------------------------------------- preprocessing
@@ -373,6 +433,19 @@ class LoadedModel:
     fast: bool = False  # dtype="fast": the vision tower runs textmask.fast layers
     quantize: str | None = None  # "int8": those layers' linear maps are int8 (CPU)
     shares_parameters_of: Any = None  # adopt_model: the caller's model whose parameters ``model`` uses as they are
+    backend: str = "torch"  # "openvino": the vision tower runs through OpenVINO (textmask.openvino_backend)
+    precision: str | None = None  # the OpenVINO precision: "float32", "bfloat16" or "int8"
+    calibration: Any = None  # int8: the caller's calibration images (None: the built-in set)
+    adopted: bool = False  # adopt_model: the weights came in memory (the OpenVINO cache keys on their hash)
+    openvino_tower: Any = None  # the compiled OpenVINO vision graph, made by the first Segmenter over it
+    openvino_decoder: Any = None  # and the compiled OpenVINO decoder
+
+    @property
+    def precision_name(self) -> str:
+        """What runs the vision tower, in words: ``float32``, ``bfloat16``..., or ``openvino-bfloat16``."""
+        if self.backend == "openvino":
+            return f"openvino-{self.precision}"
+        return str(self.dtype).removeprefix("torch.")
 
 
 def _read_config(folder: Path) -> CLIPSegConfig:
@@ -431,8 +504,19 @@ def _load_tokenizer(folder: Path, vocab_size: int | None = None) -> CLIPTextToke
     return tokenizer
 
 
-_CACHE: dict[tuple[str, str, str, str, bool], LoadedModel] = {}
+_CACHE: dict[tuple[Any, ...], LoadedModel] = {}
 _CACHE_LOCK = threading.Lock()
+
+
+def _calibration_token(calibration: Any) -> Any:
+    """A process-cache key for calibration images: paths by name, anything else by identity."""
+    if calibration is None:
+        return None
+    if isinstance(calibration, (str, Path)):
+        return str(calibration)
+    if isinstance(calibration, (list, tuple)) and all(isinstance(item, (str, Path)) for item in calibration):
+        return tuple(str(item) for item in calibration)
+    return ("object", id(calibration))
 
 
 def load_model(
@@ -443,26 +527,38 @@ def load_model(
     allow_pickle: bool = False,
     download: bool = True,
     reuse: bool = True,
+    backend: str | None = "auto",
+    calibration: Any = None,
 ) -> LoadedModel:
-    """Load a CLIPSeg model once per (source, device, dtype) per process; later calls return the same object.
+    """Load a CLIPSeg model once per (source, device, dtype, backend) per process; later calls return the same
+    object.
 
     Args:
         source: Hugging Face id, local folder, HF cache folder, or ``random-tiny`` / ``random-full``.
         device: ``"cpu"``, ``"cuda"``, ``"mps"``, ``"auto"``...
-        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"fast"``.
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"``, ``"fast"``, or (OpenVINO) ``"int8"``.
         cache_dir: Hugging Face cache folder to look in / download to (ComfyUI: ``models/clipseg``).
         allow_pickle: also load ``pytorch_model.bin`` (pickle) weights. Only for sources you trust.
         download: allow a download when the weights are not cached.
         reuse: return the process-wide cached object when there is one, and cache a new one. False loads
             from disk afresh and caches nothing (to verify the files as they are now).
+        backend: ``"torch"``, ``"openvino"`` (CPU) or ``"auto"`` (see :func:`resolve_backend`).
+        calibration: ``backend="openvino"``, ``dtype="int8"``: images to calibrate the quantization on (None:
+            textmask's built-in set).
     """
-    resolved_device = resolve_device(device)
-    resolved_dtype = resolve_dtype(dtype, resolved_device)
-    fast = isinstance(dtype, str) and dtype == "fast"
+    backend_name, precision = resolve_backend(backend, device, dtype)
+    if calibration is not None and precision != "int8":
+        raise ValueError("calibration: images to calibrate on apply only to backend='openvino' with dtype='int8'")
+    openvino = backend_name == "openvino"
+    resolved_device = torch.device("cpu") if openvino else resolve_device(device)
+    resolved_dtype = torch.float32 if openvino else resolve_dtype(dtype, resolved_device)
+    fast = isinstance(dtype, str) and dtype == "fast" and not openvino
     quantize = fast_precision(resolved_device)[1] if fast else None
-    key = (str(source), str(cache_dir or ""), str(resolved_device), str(resolved_dtype), allow_pickle)
+    key: tuple[Any, ...] = (str(source), str(cache_dir or ""), str(resolved_device), str(resolved_dtype), allow_pickle)
     if fast:
-        key += ("fast", str(quantize))  # type: ignore[assignment]
+        key += ("fast", str(quantize))
+    if openvino:
+        key += ("openvino", precision, _calibration_token(calibration))
     with _CACHE_LOCK:
         cached = _CACHE.get(key) if reuse else None
         if cached is not None:
@@ -480,6 +576,9 @@ def load_model(
             dtype=resolved_dtype,
             fast=fast,
             quantize=quantize,
+            backend=backend_name,
+            precision=precision,
+            calibration=calibration,
         )
         if reuse:
             _CACHE[key] = loaded
@@ -498,6 +597,7 @@ def adopt_model(
     model: Any,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    backend: str | None = "auto",
 ) -> LoadedModel:
     """Take a ``(CLIPSegProcessor, CLIPSegForImageSegmentation)`` pair that someone else loaded into textmask's
     own modules.
@@ -513,7 +613,10 @@ def adopt_model(
         processor: anything with ``.tokenizer`` and ``.image_processor`` (a ``CLIPSegProcessor``).
         model: a ``CLIPSegForImageSegmentation`` (or textmask's ``CLIPSeg``).
         device: target device; None keeps the model's own device.
-        dtype: target dtype; None keeps the model's own dtype.
+        dtype: target dtype; None keeps the model's own dtype. With ``backend="openvino"``: the OpenVINO
+            precision (``float32`` by default, ``bfloat16``, ``int8``, ``fast``); the torch parts run in float32
+            on the CPU.
+        backend: ``"torch"``, ``"openvino"`` or ``"auto"`` (default; see :func:`resolve_backend`).
 
     Raises:
         ModelLoadError: when the pair is not a CLIPSeg processor and model, or the model's config is one
@@ -537,6 +640,9 @@ def adopt_model(
             f"({type(processor).__name__}, {type(model).__name__})"
         )
     current_device, current_dtype = parameters[0].device, parameters[0].dtype
+    backend_name, precision = resolve_backend(backend, "cpu" if device is None else device, dtype)
+    if backend_name == "openvino":
+        device, dtype = "cpu", torch.float32
     target_device = current_device if device is None else resolve_device(device)
     target_dtype = current_dtype if dtype is None else resolve_dtype(dtype, target_device)
     as_is = _same_device(current_device, target_device) and current_dtype == target_dtype
@@ -553,4 +659,7 @@ def adopt_model(
         device=current_device if as_is else target_device,
         dtype=target_dtype,
         shares_parameters_of=model if as_is else None,
+        backend=backend_name,
+        precision=precision,
+        adopted=True,
     )

@@ -35,6 +35,7 @@ class ModelSpec:
     cache_dir: str | None = None
     allow_pickle: bool = False
     download: bool = True
+    backend: str = "auto"  # "torch", "openvino" (CPU) or "auto": see textmask.load
 
     def load(self, device: str | None = None) -> Any:
         """The :class:`textmask.Segmenter` (cached per process); raises :class:`textmask.TextmaskError` or
@@ -48,6 +49,7 @@ class ModelSpec:
             cache_dir=self.cache_dir,
             allow_pickle=self.allow_pickle,
             download=self.download,
+            backend=self.backend,
         )
 
     def warn_if_random(self, folder: str | os.PathLike | None = None) -> None:

@@ -51,7 +51,9 @@ class LocalExecutor:
             self.model.warn_if_random(session.loaded.folder)
         report = run_job(session, items, job, progress, should_stop, on_failure)
         if session is not None:
-            report.device, report.dtype = str(session.device), str(session.dtype).removeprefix("torch.")
+            report.device = str(session.device)
+            # "float32", "bfloat16"...; "openvino-bfloat16" when OpenVINO runs the vision tower
+            report.dtype = getattr(session, "precision_name", None) or str(session.dtype).removeprefix("torch.")
         return report
 
 

@@ -24,6 +24,7 @@ def info_command(cache_dir: str | None, as_json: bool) -> None:
     echo = click.echo
     echo(f"textmask {env['textmask']}  (Python {env['python']}, {env['platform']})")
     echo(f"torch {env['torch']}, transformers {env['transformers']}, Pillow {env['pillow']}, PyAV {env['av'] or '-'}")
+    echo(f"OpenVINO {env.get('openvino') or '- (pip install textmask[openvino])'}, NNCF {env.get('nncf') or '-'}")
     echo(f"devices (--device auto → {env['auto_device']}):")
     for device in env["devices"]:
         echo(f"  {device['name']}: {device['detail']}")

@@ -162,9 +162,19 @@ from .app import (
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
 @click.option(
     "--dtype",
-    type=click.Choice(["float32", "bfloat16", "float16", "fast"]),
+    type=click.Choice(["float32", "bfloat16", "float16", "fast", "int8"]),
     default="float32",
     show_default=True,
+    help="fast: the quickest precision that agrees well here (CPU: OpenVINO bfloat16 when installed, else torch "
+    "int8; GPU: float16). int8: OpenVINO (quantized once, cached).",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "openvino"]),
+    default="auto",
+    show_default=True,
+    help="What runs the vision tower. openvino: CPU only, pip install 'textmask[openvino]' (converted once and "
+    "cached). auto: openvino for --dtype fast/int8 on a CPU where it pays, else torch.",
 )
 @click.option("-b", "--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Hugging Face cache to look in.")
@@ -232,6 +242,7 @@ def mask_command(
     model: str,
     device: str,
     dtype: str,
+    backend: str,
     batch_size: int,
     cache_dir: str | None,
     allow_pickle: bool,
@@ -335,7 +346,9 @@ def mask_command(
         instance_threshold=instance_threshold if instance_threshold is not None else _instance_level(threshold),
         min_area=min_area,
     )
-    spec = ModelSpec(model=model, device=device, dtype=dtype, cache_dir=cache_dir, allow_pickle=allow_pickle)
+    spec = ModelSpec(
+        model=model, device=device, dtype=dtype, cache_dir=cache_dir, allow_pickle=allow_pickle, backend=backend
+    )
     show_progress = not quiet and not as_json and sys.stderr.isatty()
     summary: dict[str, Any] = {"command": "mask", "version": __version__, "model": model}
     if engine == "ray":

@@ -20,7 +20,8 @@ from ..constants import DEFAULT_MODEL
 log = logging.getLogger("textmask")
 
 DEVICE_CHOICES = ["auto", "cpu"]
-DTYPE_CHOICES = ["auto", "float32", "float16", "bfloat16"]
+DTYPE_CHOICES = ["auto", "float32", "float16", "bfloat16", "int8"]
+BACKEND_CHOICES = ["auto", "torch", "openvino"]
 NORMALIZE_CHOICES = ["minmax", "none", "seed"]
 COMBINE_CHOICES = ["union", "intersection"]
 EXAMPLE_MODE_CHOICES = ["separate", "blend"]
@@ -170,7 +171,21 @@ class TextmaskCLIPSegLoader:
                 ),
                 "dtype": (
                     DTYPE_CHOICES,
-                    {"default": "auto", "tooltip": "auto: float16 on GPUs where ComfyUI uses it, else float32"},
+                    {
+                        "default": "auto",
+                        "tooltip": "auto: float16 on GPUs where ComfyUI uses it, else float32 (openvino: bfloat16 "
+                        "where the CPU has it). int8: OpenVINO only",
+                    },
+                ),
+            },
+            "optional": {
+                "backend": (
+                    BACKEND_CHOICES,
+                    {
+                        "default": "auto",
+                        "tooltip": "openvino: the vision tower on OpenVINO, CPU only (pip install "
+                        "'textmask[openvino]'; converted once and cached); auto: openvino for int8, else torch",
+                    },
                 ),
             },
         }
@@ -184,14 +199,16 @@ class TextmaskCLIPSegLoader:
         "also works with SaltAI's and WAS Node Suite's CLIPSeg nodes."
     )
 
-    def load(self, model: str, device: str = "auto", dtype: str = "auto") -> tuple[Any]:
+    def load(self, model: str, device: str = "auto", dtype: str = "auto", backend: str = "auto") -> tuple[Any]:
         from . import runtime
 
         if device not in DEVICE_CHOICES:
             raise ValueError(f"device: {device!r} is not one of {DEVICE_CHOICES}")
         if dtype not in DTYPE_CHOICES:
             raise ValueError(f"dtype: {dtype!r} is not one of {DTYPE_CHOICES}")
-        return (runtime.load_pair(model, device=device, dtype=dtype),)
+        if backend not in BACKEND_CHOICES:
+            raise ValueError(f"backend: {backend!r} is not one of {BACKEND_CHOICES}")
+        return (runtime.load_pair(model, device=device, dtype=dtype, backend=backend),)
 
 
 class TextmaskCLIPSegMasking:

@@ -27,12 +27,13 @@ from .folders import DEFAULT_MODEL, comfy_module, resolve_model
 log = logging.getLogger("textmask")
 
 DEVICE_CHOICES = ("auto", "cpu")
-DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16")
+DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16", "int8")
+BACKEND_CHOICES = ("auto", "torch", "openvino")
 BROKEN_TRANSFORMERS = ("4.46.0",)  # its CLIPSeg interpolates position embeddings wrongly at 352×352
 
 _LOCK = threading.Lock()
 _PAIRS: dict[int, tuple[Any, Deferred, Deferred]] = {}  # id(LoadedModel) -> (it, its processor, its model)
-_SESSIONS: dict[tuple[str, str, str, str], Segmenter] = {}
+_SESSIONS: dict[tuple[str, str, str, str, str], Segmenter] = {}
 _PATCHERS: OrderedDict[int, tuple[Segmenter, Any]] = OrderedDict()
 _PATCHERS_MAX = 4
 
@@ -49,14 +50,21 @@ class ClipsegModel(tuple):
     folder: Path | None
     device: str
     dtype: str
+    backend: str
 
     def __new__(
-        cls, pair: Sequence[Any], folder: Path | None = None, device: str = "auto", dtype: str = "auto"
+        cls,
+        pair: Sequence[Any],
+        folder: Path | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        backend: str = "auto",
     ) -> ClipsegModel:
         self = super().__new__(cls, tuple(pair))
         self.folder = folder
         self.device = device
         self.dtype = dtype
+        self.backend = backend
         return self
 
 
@@ -123,7 +131,31 @@ class Deferred:
         return repr(self._value) if self._value is not None else "<transformers object, built on first use>"
 
 
-def load_pair(name: str, device: str = "auto", dtype: str = "auto") -> ClipsegModel:
+def comfy_backend(dtype: str, backend: str = "auto") -> str:
+    """The loader's backend choice → ``"torch"`` or ``"openvino"`` (``"auto"``: OpenVINO for int8, else torch).
+
+    Raises:
+        ValueError: an unknown choice, or int8 on the torch backend.
+        BackendUnavailable: OpenVINO asked for but not installed.
+    """
+    if backend not in BACKEND_CHOICES:
+        raise ValueError(f"backend: {backend!r} is not one of {BACKEND_CHOICES}")
+    if backend == "openvino" or (backend == "auto" and dtype == "int8"):
+        from ..model import resolve_backend
+
+        resolve_backend("openvino", "cpu", _openvino_dtype(dtype))  # not installed, float16: say so now
+        return "openvino"
+    if dtype == "int8":
+        raise ValueError("dtype: int8 runs on OpenVINO; set backend to openvino (or auto)")
+    return "torch"
+
+
+def _openvino_dtype(choice: str | None) -> str:
+    """A loader dtype choice as an OpenVINO precision (``"auto"``: the fast one, bfloat16 where the CPU has it)."""
+    return "fast" if choice in (None, "auto") else str(choice)
+
+
+def load_pair(name: str, device: str = "auto", dtype: str = "auto", backend: str = "auto") -> ClipsegModel:
     """Load (once per process) the model ``name`` as a plain CPU float32 ``(processor, model)`` pair.
 
     textmask's own modules load now (mmapped weights, no transformers); the pair's transformers
@@ -133,7 +165,10 @@ def load_pair(name: str, device: str = "auto", dtype: str = "auto") -> ClipsegMo
     Args:
         name: hub id, folder, or a choice from :func:`textmask.comfy.folders.list_models`.
         device, dtype: what textmask's masking nodes should run it on (``"auto"``: ComfyUI's choice).
+        backend: ``"torch"``, ``"openvino"`` (the CPU, whatever ``device`` says) or ``"auto"`` (see
+            :func:`comfy_backend`).
     """
+    backend = comfy_backend(dtype, backend)
     folder = resolve_model(name)
     loaded = load_model(str(folder), device="cpu", dtype="float32")
     with _LOCK:
@@ -142,7 +177,7 @@ def load_pair(name: str, device: str = "auto", dtype: str = "auto") -> ClipsegMo
             processor = Deferred(lambda: _processor(folder))
             model = Deferred(lambda: _transformers_model(loaded.model, folder))
             pair = _PAIRS[id(loaded)] = (loaded, processor, model)
-    return ClipsegModel((pair[1], pair[2]), folder=folder, device=device, dtype=dtype)
+    return ClipsegModel((pair[1], pair[2]), folder=folder, device=device, dtype=dtype, backend=backend)
 
 
 def _processor(folder: Path) -> Any:
@@ -222,6 +257,9 @@ def segmenter_for(clipseg_model: Any = None) -> Segmenter:
     if clipseg_model is None:
         clipseg_model = load_pair(DEFAULT_MODEL, device="auto", dtype="float32")
     if isinstance(clipseg_model, ClipsegModel) and clipseg_model.folder is not None:
+        if getattr(clipseg_model, "backend", "torch") == "openvino":  # the CPU, whatever ComfyUI's device
+            precision = _openvino_dtype(clipseg_model.dtype)
+            return _own_session(clipseg_model.folder, torch.device("cpu"), precision, "openvino")
         device = comfy_device(clipseg_model.device)
         segmenter = _own_session(clipseg_model.folder, device, comfy_dtype(clipseg_model.dtype, device))
         _load_into_comfy(segmenter)
@@ -234,7 +272,7 @@ def segmenter_for(clipseg_model: Any = None) -> Segmenter:
     check_transformers()
     processor, model = clipseg_model
     try:  # a foreign model keeps its dtype
-        segmenter = session_from_hf(processor, model, device=comfy_device("auto"), dtype=None)
+        segmenter = session_from_hf(processor, model, device=comfy_device("auto"), dtype=None, backend="torch")
     except ModelLoadError as exc:
         raise ModelLoadError(f"clipseg_model: {exc}") from None
     if segmenter.model is not model:  # never manage a model another pack still uses as it is
@@ -256,16 +294,20 @@ def seed_pixel_backend() -> str:
     return "torchvision" if major >= 5 and importlib.util.find_spec("torchvision") is not None else "pil"
 
 
-def _own_session(folder: Path, device: torch.device, dtype: torch.dtype) -> Segmenter:
-    """textmask's session for a model folder, its pixels prepared as this environment's processor would."""
+def _own_session(
+    folder: Path, device: torch.device, dtype: torch.dtype | str, runtime: str = "torch"
+) -> Segmenter:
+    """textmask's session for a model folder, its pixels prepared as this environment's processor would.
+
+    ``runtime``: ``"torch"``, or ``"openvino"`` (CPU; ``dtype`` is then an OpenVINO precision)."""
     from dataclasses import replace
 
     backend = seed_pixel_backend()
-    key = (str(folder), str(device), str(dtype), backend)
+    key = (str(folder), str(device), str(dtype), backend, runtime)
     with _LOCK:
         session = _SESSIONS.get(key)
         if session is None:
-            loaded = load_model(str(folder), device=device, dtype=dtype)
+            loaded = load_model(str(folder), device=device, dtype=dtype, backend=runtime)
             if backend != loaded.preprocess.backend:
                 loaded = replace(loaded, preprocess=replace(loaded.preprocess, backend=backend))
             session = _SESSIONS[key] = Segmenter(loaded)
@@ -519,6 +561,7 @@ def mask_instances(
 
 
 __all__ = [
+    "BACKEND_CHOICES",
     "DEFAULT_MODEL",
     "DEVICE_CHOICES",
     "DTYPE_CHOICES",
