@@ -55,6 +55,28 @@ def test_grow_and_shrink_by_pixels() -> None:
     assert pp.grow(mask, 0) is mask
 
 
+@pytest.mark.parametrize("pixels", [1, 2, 3, 7, 8, 23, 40, -1, -5, -23, 200])
+def test_grow_equals_square_max_pooling(pixels: int) -> None:
+    """The doubling-window max gives max_pool2d's values exactly (dilation; erosion of the complement)."""
+    masks = torch.rand(3, 61, 47, generator=torch.Generator().manual_seed(pixels % 97))
+    radius = min(abs(pixels), 61)
+    size = 2 * radius + 1
+    flat = masks[:, None]
+    if pixels > 0:
+        expected = torch.nn.functional.max_pool2d(flat, size, stride=1, padding=radius)[:, 0]
+    else:
+        padded = torch.nn.functional.pad(1.0 - flat, (radius,) * 4, value=0.0)
+        expected = 1.0 - torch.nn.functional.max_pool2d(padded, size, stride=1)[:, 0]
+    assert torch.equal(pp.grow(masks, pixels), expected)
+
+
+def test_window_max_is_a_sliding_maximum() -> None:
+    values = torch.tensor([3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0, 5.0, 3.0])
+    for size in range(1, 11):
+        expected = torch.stack([values[i : i + size].max() for i in range(len(values) - size + 1)])
+        assert torch.equal(pp.window_max(values, size, 0), expected), size
+
+
 def test_gaussian_blur_preserves_mass_and_shape() -> None:
     mask = torch.zeros(2, 21, 21)
     mask[:, 10, 10] = 1.0
