@@ -20,6 +20,7 @@ import torch
 
 from .clipseg import CLIPSeg, CLIPSegConfig, TextConfig, VisionConfig
 from .clipseg.layers import MLP, Attention
+from .clipseg.model import on_meta
 from .clipseg.towers import VisionEmbeddings
 from .constants import IMAGENET_MEAN, IMAGENET_STD, RANDOM_MODEL_VERSION, RANDOM_SOURCES, cache_root
 
@@ -100,7 +101,7 @@ def build_random_model(kind: str | CLIPSegConfig, folder: str | Path, seed: int 
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        with torch.device("meta"):
+        with on_meta():
             model = CLIPSeg(config)
         model.to_empty(device="cpu").eval()
         _fill_random_weights(model, seed)

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import ModelNotFoundError
 from .config import CLIPSegConfig
-from .model import CLIPSeg, assign_parameters
+from .model import CLIPSeg, assign_parameters, on_meta
 
 log = logging.getLogger("textmask")
 
@@ -146,7 +146,7 @@ def load_clipseg(
     """
     reader = CheckpointReader(folder, allow_pickle)
     layers = None if full_vision_tower or not reader.is_mmapped_safetensors else config.vision_layers_for_masks
-    with torch.device("meta"):
+    with on_meta():
         model = CLIPSeg(config, vision_layers=layers, load_remaining=reader.tensors)
     names = [name for name, _ in model.named_parameters()]
     assign_parameters(model, reader.tensors(names), device=device, dtype=dtype)
@@ -168,7 +168,7 @@ def clipseg_from_state_dict(
     values stay the same objects, so the new model follows when their owner moves them. The whole vision
     tower is built (sharing costs nothing).
     """
-    with torch.device("meta"):
+    with on_meta():
         model = CLIPSeg(config)
     names = [name for name, _ in model.named_parameters()]
     missing = [name for name in names if name not in state]
