@@ -1,6 +1,6 @@
 """``python -m textmask``: the command line (see :mod:`textmask.cli`)."""
 
-from textmask.cli import main
+from textmask.cli import run
 
 if __name__ == "__main__":
-    main(prog_name="textmask")
+    run()

@@ -13,7 +13,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("float32", "bfloat16", "float16", "fast")
+DTYPES = ("float32", "bfloat16", "float16", "fast", "int8")  # int8: the OpenVINO backend
+BACKENDS = ("auto", "torch", "openvino")
 NORMALIZE_MODES = ("none", "minmax", "seed")
 COMBINE_MODES = ("union", "intersection")
 OUTPUT_KINDS = ("mask", "overlay", "cutout", "instances")  # instances: images only (a JSON + a PNG each)

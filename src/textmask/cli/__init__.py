@@ -5,6 +5,6 @@ the engine, the server) happen inside the commands, so ``--help`` is instant."""
 from __future__ import annotations
 
 from . import download, info, mask, serve  # noqa: F401 - registers the sub-commands on the group
-from .app import main
+from .app import main, run
 
-__all__ = ["main"]
+__all__ = ["main", "run"]

@@ -13,7 +13,6 @@ from typing import Any
 import click
 
 from .. import __version__
-from ..constants import DEFAULT_MODEL
 from .app import (
     CONTEXT,
     EXIT_CANNOT_RUN,
@@ -23,6 +22,7 @@ from .app import (
     err,
     exit_code,
     main,
+    model_options,
     print_summary,
     quiet_libraries,
     run_with_progress,
@@ -158,27 +158,8 @@ from .app import (
     metavar="S",
     help="Video: temporal smoothing strength in [0, 1) (0 off, 0.5 mild, 0.8 strong).",
 )
-@click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True, help="Hub id, folder, or random-tiny.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
-@click.option(
-    "--dtype",
-    type=click.Choice(["float32", "bfloat16", "float16", "fast", "int8"]),
-    default="float32",
-    show_default=True,
-    help="fast: the quickest precision that agrees well here (CPU: OpenVINO bfloat16 when installed, else torch "
-    "int8; GPU: float16). int8: OpenVINO (quantized once, cached).",
-)
-@click.option(
-    "--backend",
-    type=click.Choice(["auto", "torch", "openvino"]),
-    default="auto",
-    show_default=True,
-    help="What runs the vision tower. openvino: CPU only, pip install 'textmask[openvino]' (converted once and "
-    "cached). auto: openvino for --dtype fast/int8 on a CPU where it pays, else torch.",
-)
+@model_options
 @click.option("-b", "--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Hugging Face cache to look in.")
-@click.option("--allow-pickle", is_flag=True, help="Also load pytorch_model.bin weights (trusted sources only).")
 @click.option("-g", "--glob", "globs", multiple=True, metavar="PATTERN", help="Files to take from folders.")
 @click.option(
     "--files-from",

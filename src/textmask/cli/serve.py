@@ -9,8 +9,7 @@ import sys
 
 import click
 
-from ..constants import DEFAULT_MODEL, DTYPES
-from .app import CONTEXT, EXIT_CANNOT_RUN, err, main, quiet_libraries
+from .app import CONTEXT, EXIT_CANNOT_RUN, err, main, model_options, quiet_libraries
 
 # What ``import textmask.serve`` needs beyond textmask itself: a missing one means the extra is not installed.
 _SERVER_PACKAGES = {"fastapi", "starlette", "uvicorn", "multipart", "python_multipart", "pydantic", "anyio"}
@@ -19,11 +18,7 @@ _SERVER_PACKAGES = {"fastapi", "starlette", "uvicorn", "multipart", "python_mult
 @main.command("serve", context_settings=CONTEXT)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: any free one).")
-@click.option("-m", "--model", default=DEFAULT_MODEL, show_default=True, help="Hub id, folder, or random-tiny.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, mps.")
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Hugging Face cache to look in.")
-@click.option("--allow-pickle", is_flag=True, help="Also load pytorch_model.bin weights (trusted sources only).")
+@model_options
 @click.option(
     "--max-batch", type=click.IntRange(min=1), default=8, show_default=True, help="Most requests per engine call."
 )

@@ -32,9 +32,11 @@ def serve(**options: Any) -> None:
         TextmaskError: the model could not be loaded (the server stops as soon as that is known).
     """
     config = ServeConfig(**options)
-    from ..model import resolve_device, resolve_dtype
+    from ..model import resolve_backend, resolve_device, resolve_dtype
 
-    resolve_dtype(config.dtype, resolve_device(config.device))  # a bad device fails now, not after binding
+    # A bad device, dtype or backend fails now, not after binding.
+    if resolve_backend(config.backend, config.device, config.dtype)[0] == "torch":
+        resolve_dtype(config.dtype, resolve_device(config.device))
     import uvicorn
 
     from .app import create_app as build

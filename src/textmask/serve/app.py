@@ -130,6 +130,7 @@ class Service:
                     model=self.config.model,
                     device=self.config.device,
                     dtype=self.config.dtype,
+                    backend=self.config.backend,
                     cache_dir=self.config.cache_dir,
                     allow_pickle=self.config.allow_pickle,
                 )
@@ -181,10 +182,7 @@ class Service:
         session = self.session
         if session is None:
             return {"device": self.config.device, "dtype": self.config.dtype}
-        dtype = str(session.dtype).removeprefix("torch.")
-        if getattr(session.loaded, "fast", False):
-            dtype = f"fast ({session.loaded.quantize or dtype})"
-        return {"device": str(session.device), "dtype": dtype}
+        return {"device": str(session.device), "dtype": session.precision_name}
 
     # ------------------------------------------------------------------------------- admission
     def unavailable(self) -> ApiError | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..constants import DEFAULT_MODEL, DTYPES
+from ..constants import BACKENDS, DEFAULT_MODEL, DTYPES
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_PROMPTS = 16  # prompts + negative prompts per request: each costs a decoder pass (and a text pass, once)
@@ -17,7 +17,7 @@ class ServeConfig:
 
     Attributes:
         host, port: where to listen (default loopback only).
-        model, device, dtype, cache_dir, allow_pickle: the model, as for :func:`textmask.load`.
+        model, device, dtype, backend, cache_dir, allow_pickle: the model, as for :func:`textmask.load`.
         max_batch: most requests in one engine call (one shared vision pass).
         batch_wait_ms: how long the first request of a batch waits for company when the engine is idle.
         queue: most requests admitted and waiting for the engine; past it, 503 with ``Retry-After``.
@@ -37,6 +37,7 @@ class ServeConfig:
     model: str = DEFAULT_MODEL
     device: str = "auto"
     dtype: str = "float32"
+    backend: str = "auto"
     cache_dir: str | None = None
     allow_pickle: bool = False
     max_batch: int = 8
@@ -60,6 +61,8 @@ class ServeConfig:
             raise ValueError(f"port: must be in 0..65535, got {self.port}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype: {self.dtype!r} is not one of {DTYPES}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend: {self.backend!r} is not one of {BACKENDS}")
         for name in ("max_batch", "queue", "max_pixels", "max_prompts"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
