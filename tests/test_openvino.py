@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +182,20 @@ def test_the_ir_is_written_once_and_reused(tiny_model_dir: Path, cache: Path, mo
     )
 
 
+def test_a_model_handed_over_in_memory_finds_its_cached_ir_again(tiny_model_dir: Path, cache: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    import copy
+
+    processor = transformers.CLIPSegProcessor.from_pretrained(str(tiny_model_dir))
+    model = transformers.CLIPSegForImageSegmentation.from_pretrained(str(tiny_model_dir)).eval()
+    model.config._name_or_path = ""  # no name: the session's source is "CLIPSegForImageSegmentation@<id>"
+    first = textmask.session_from_hf(processor, model, backend="openvino")
+    second = textmask.session_from_hf(processor, copy.deepcopy(model), backend="openvino")  # another object
+    assert first._openvino.built and not second._openvino.built  # the same weights: the same entry
+    (entry,) = _entries(cache)
+    assert entry.name.startswith("CLIPSegForImageSegmentation-float32-"), entry.name
+
+
 @pytest.mark.parametrize("damage", ["truncated bin", "garbage xml", "no meta", "stale key", "empty folder"])
 def test_a_corrupt_or_stale_entry_is_rebuilt(
     damage: str, tiny_model_dir: Path, tiny_session: Segmenter, cache: Path, caplog: pytest.LogCaptureFixture
@@ -276,6 +291,7 @@ def test_what_fast_means(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_backend("auto", "cpu", "int8") == ("openvino", "int8")
     assert resolve_backend("openvino", "auto", "fast")[1] in ovb.PRECISIONS
     monkeypatch.setattr(ovb, "cpu_supports_bf16", lambda: False)
+    assert resolve_backend("auto", "cpu", "fast") == ("torch", None)  # OpenVINO's own view of the CPU decides
     monkeypatch.setattr(ovb, "nncf_installed", lambda: False)
     assert ovb.fast_precision() == "float32"
     monkeypatch.setattr(ovb, "nncf_installed", lambda: True)
@@ -328,3 +344,33 @@ def test_model_spec_carries_the_backend(tiny_model_dir: Path) -> None:
     session = spec.load()
     assert session.backend == "openvino" and session.precision_name == "openvino-float32"
     assert ModelSpec(str(tiny_model_dir), device="cpu").load().backend == "torch"
+
+
+def test_serve_backend_openvino(tiny_model_dir: Path, tiny_session: Segmenter) -> None:
+    pytest.importorskip("fastapi")
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from textmask.serve import ServeConfig, create_app
+
+    with pytest.raises(ValueError, match="backend"):
+        ServeConfig(backend="onnx")
+    image = (IMAGES[0].numpy() * 255).astype(np.uint8)
+    body = io.BytesIO()
+    Image.fromarray(image).save(body, format="PNG")
+    config = ServeConfig(model=str(tiny_model_dir), device="cpu", backend="openvino")
+    with TestClient(create_app(config)) as client:
+        for _ in range(600):
+            if client.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.1)
+        info = client.get("/v1/info").json()
+        assert info["dtype"] == "openvino-float32" and info["device"] == "cpu", info
+        answer = client.post("/v1/mask", files={"image": ("in.png", body.getvalue(), "image/png")},
+                             data={"prompt": "a cat"})  # fmt: skip
+        assert answer.status_code == 200, answer.text
+    got = np.asarray(Image.open(io.BytesIO(answer.content)), dtype=int)
+    expected = torch.round(tiny_session.mask(image, "a cat") * 255).to(torch.uint8).numpy().astype(int)
+    assert got.shape == expected.shape and np.abs(got - expected).max() <= 1

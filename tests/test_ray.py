@@ -282,3 +282,14 @@ def test_usage_errors(local_ray, images: Path, tiny_model_dir: Path, tmp_path: P
     gpus = invoke(*base, "-o", str(tmp_path / "b"), "--engine", "ray", "--gpus-per-actor", "1")
     assert gpus.exit_code == 2 and "no GPUs" in gpus.output  # refused before anything is scheduled
     assert not any((tmp_path / "b").iterdir())
+    openvino = invoke(*base, "-o", str(tmp_path / "c"), "--engine", "ray", "--dtype", "int8", "--device", "cuda")
+    assert openvino.exit_code == 2 and "runs on the CPU: no GPU actors" in openvino.output
+    assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+
+def test_openvino_models_ask_for_cpu_actors_only(tmp_path: Path) -> None:
+    assert ModelSpec(backend="openvino").cpu_only and ModelSpec(dtype="int8").cpu_only
+    assert not ModelSpec().cpu_only and not ModelSpec(dtype="fast").cpu_only
+    executor = ray_data.RayExecutor(ModelSpec(backend="openvino"), gpus_per_actor=1)
+    with pytest.raises(ValueError, match="no GPU actors"):
+        executor.mapper(MaskJob(outdir=tmp_path, targets=make_targets(["a cat"])))  # refused before Ray starts

@@ -43,6 +43,7 @@ _EXPORTS = {
     "ModelLoadError": "textmask.errors",
     "InputError": "textmask.errors",
     "PromptError": "textmask.errors",
+    "BackendUnavailable": "textmask.errors",
     "OutOfMemoryError": "textmask.engine",
 }
 
@@ -53,7 +54,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from .constants import DEFAULT_MODEL
     from .edges import RefineOptions, refine
     from .engine import ImageFeatures, OutOfMemoryError, Segmenter, load, session_from_hf
-    from .errors import InputError, ModelLoadError, ModelNotFoundError, PromptError, TextmaskError
+    from .errors import (
+        BackendUnavailable,
+        InputError,
+        ModelLoadError,
+        ModelNotFoundError,
+        PromptError,
+        TextmaskError,
+    )
     from .images import load_image
     from .model import clear_model_cache, load_model, locate_model
     from .postprocess import MaskOptions, Target

@@ -163,12 +163,15 @@ def _openvino_tower(loaded: LoadedModel, prepare: Callable[[list[torch.Tensor]],
         if loaded.openvino_tower is None:
             loaded.openvino_tower = load_tower(
                 loaded.model,
-                name=loaded.folder.name if not loaded.adopted else Path(loaded.source).name,
+                # An adopted model without a name is "Type@id": the cache folder takes the type (the weights'
+                # hash tells such models apart), so every process finds the same entry.
+                name=loaded.folder.name if not loaded.adopted else Path(loaded.source.split("@", 1)[0]).name,
                 folder=None if loaded.adopted else loaded.folder,
                 precision=str(loaded.precision),
                 size=tuple(loaded.preprocess.size),
                 prepare=prepare,
                 calibration=loaded.calibration,
+                pixels=repr(loaded.preprocess),
             )
             log.info("OpenVINO vision tower ready: %s (%s)", loaded.openvino_tower, loaded.openvino_tower.timings)
         return loaded.openvino_tower
@@ -179,7 +182,7 @@ def _openvino_decoder(loaded: LoadedModel) -> Any:
     from .openvino_backend import load_decoder
 
     with _OPENVINO_LOCK:
-        if getattr(loaded, "openvino_decoder", None) is None:
+        if loaded.openvino_decoder is None:
             height, width = loaded.preprocess.size
             patch = loaded.model.config.vision_config.patch_size
             tokens = 1 + (height // patch) * (width // patch)
@@ -263,18 +266,13 @@ class Segmenter:
             self._openvino_decoder = _openvino_decoder(loaded)
 
     def __repr__(self) -> str:
-        fast = f", fast ({self.loaded.quantize or self.dtype})" if getattr(self.loaded, "fast", False) else ""
-        if self.backend == "openvino":
-            fast = f", openvino {self.loaded.precision}"
-        return f"Segmenter(source={self.loaded.source!r}, device={self.device}, dtype={self.dtype}{fast})"
+        precision = self.precision_name.replace("-", " ")  # "float32", "fast int8", "openvino bfloat16"
+        return f"Segmenter(source={self.loaded.source!r}, device={self.device}, precision={precision})"
 
     @property
     def precision_name(self) -> str:
-        """What runs the vision tower, in words: ``float32``, ``bfloat16``, ``float16``, or ``openvino-bfloat16``,
-        ``openvino-int8``..."""
-        if self.backend == "openvino":
-            return f"openvino-{self.loaded.precision}"
-        return str(self.dtype).removeprefix("torch.")
+        """What runs the vision tower, in words (:attr:`textmask.model.LoadedModel.precision_name`)."""
+        return self.loaded.precision_name
 
     # ------------------------------------------------------------------------------ preprocessing
     def _level_to_pixel_table(self) -> torch.Tensor:

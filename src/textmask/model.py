@@ -30,7 +30,7 @@ import torch
 
 from .clipseg import CLIPSeg, CLIPSegConfig, CLIPTextTokenizer, TokenizerFilesError, load_clipseg
 from .clipseg.model import same_device as _same_device
-from .constants import DEFAULT_MODEL, IMAGENET_MEAN, IMAGENET_STD, RANDOM_SOURCES
+from .constants import BACKENDS, DEFAULT_MODEL, IMAGENET_MEAN, IMAGENET_STD, RANDOM_SOURCES
 from .errors import ModelLoadError, ModelNotFoundError, first_line
 from .vocab import VOCAB_SIZE as CLIP_VOCAB_SIZE
 
@@ -116,9 +116,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     return chosen
 
 
-BACKENDS = ("auto", "torch", "openvino")
-
-
 def resolve_backend(
     backend: str | None, device: str | torch.device | None, dtype: str | torch.dtype | None
 ) -> tuple[str, str | None]:
@@ -144,10 +141,12 @@ def resolve_backend(
         elif isinstance(dtype, str) and dtype == "fast" and resolve_device(device).type == "cpu":
             from . import openvino_backend as ovb
 
-            if ovb.openvino_installed() and cpu_has_native_bf16():
+            # /proc/cpuinfo rules bf16 out cheaply on Linux (without importing OpenVINO); OpenVINO's own view decides.
+            if ovb.openvino_installed() and (cpu_has_native_bf16() or not Path("/proc/cpuinfo").exists()):
                 try:
                     ovb.import_openvino()
-                    return "openvino", ovb.resolve_precision("bfloat16")
+                    if ovb.cpu_supports_bf16():
+                        return "openvino", "bfloat16"
                 except Exception as exc:  # installed but broken: the torch fast mode, as without it
                     log.warning("OpenVINO is installed but unusable (%s); dtype='fast' runs on torch", first_line(exc))
             return "torch", None
@@ -442,10 +441,12 @@ class LoadedModel:
 
     @property
     def precision_name(self) -> str:
-        """What runs the vision tower, in words: ``float32``, ``bfloat16``..., or ``openvino-bfloat16``."""
+        """What runs the vision tower, in words: ``float32``, ``bfloat16``, ``float16``, ``fast-int8`` (torch's fast
+        mode: int8 linears; ``fast-float16`` on a GPU), or ``openvino-bfloat16``, ``openvino-int8``..."""
         if self.backend == "openvino":
             return f"openvino-{self.precision}"
-        return str(self.dtype).removeprefix("torch.")
+        dtype = str(self.dtype).removeprefix("torch.")
+        return f"fast-{self.quantize or dtype}" if self.fast else dtype
 
 
 def _read_config(folder: Path) -> CLIPSegConfig:
@@ -640,7 +641,7 @@ def adopt_model(
             f"({type(processor).__name__}, {type(model).__name__})"
         )
     current_device, current_dtype = parameters[0].device, parameters[0].dtype
-    backend_name, precision = resolve_backend(backend, "cpu" if device is None else device, dtype)
+    backend_name, precision = resolve_backend(backend, current_device if device is None else device, dtype)
     if backend_name == "openvino":
         device, dtype = "cpu", torch.float32
     target_device = current_device if device is None else resolve_device(device)

@@ -338,7 +338,7 @@ def load_decoder(clipseg: Any, tokens: int) -> OpenVINODecoder:
     float32 whatever the vision graph's precision: 1.3× torch's float32 decoder for one prompt, 1.8× for five,
     with its agreement; in bf16 it was 1.8× / 2.8× but took mean |Δp| from 0.0012 to 0.0018 (docs/benchmarks.md)."""
     import_openvino()
-    return OpenVINODecoder(_compile(decoder_graph(clipseg, tokens), "float32"))
+    return OpenVINODecoder(_compile(decoder_graph(clipseg, tokens), "float32", "decoder"))
 
 
 # ------------------------------------------------------------------------------------- calibration
@@ -507,7 +507,7 @@ def weights_identity(folder: Path | None, clipseg: Any) -> dict[str, Any]:
     for name, tensor in sorted(_graph_tensors(clipseg).items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return {"weights_sha256": digest.hexdigest()}
+    return {"weights_sha256": digest.hexdigest(), "config": repr(clipseg.config)}
 
 
 def _graph_tensors(clipseg: Any) -> dict[str, torch.Tensor]:
@@ -525,7 +525,7 @@ def cache_entry(name: str, key: dict[str, Any]) -> Path:
     return cache_root() / "openvino" / f"{slug}-{key['precision']}-{digest}"
 
 
-def _read_entry(ov: Any, entry: Path, key: dict[str, Any]) -> Any | None:
+def _read_entry(entry: Path, key: dict[str, Any]) -> Any | None:
     """The cached graph, or None when there is none; an entry that does not read back is deleted."""
     meta_path = entry / "meta.json"
     if not entry.exists():
@@ -607,6 +607,7 @@ def load_tower(
     size: tuple[int, int],
     prepare: Callable[[list[torch.Tensor]], torch.Tensor],
     calibration: Any = None,
+    pixels: str = "",
 ) -> OpenVINOVisionTower:
     """The compiled vision graph of ``clipseg`` in ``precision``: read from textmask's cache, or built (and
     quantized) once and saved there.
@@ -621,6 +622,8 @@ def load_tower(
             them (used to calibrate int8).
         calibration: int8 only: images to calibrate on (anything :func:`textmask.images.as_image_batch` takes;
             a few dozen typical of the job); None: the built-in set, :func:`calibration_images`.
+        pixels: what ``prepare`` does, in words (the session's preprocessing settings): int8's built-in
+            calibration is keyed by it, since its pixel values depend on it.
 
     Raises:
         BackendUnavailable: OpenVINO is not installed; or int8 is not cached and NNCF is not installed.
@@ -630,7 +633,7 @@ def load_tower(
     if precision not in PRECISIONS:
         raise ValueError(f"precision: {precision!r} is not one of {PRECISIONS}")
     timings: dict[str, float] = {}
-    pixels: list[np.ndarray] = []
+    calibration_pixels: list[np.ndarray] = []
     key: dict[str, Any] = {
         "ir_version": IR_VERSION,
         "openvino": openvino_version(),
@@ -642,14 +645,15 @@ def load_tower(
     if precision == "int8":
         if calibration is None:
             key["calibration"] = f"builtin-v{CALIBRATION_VERSION}-{CALIBRATION_COUNT}"
+            key["pixels"] = pixels
         else:
-            pixels = _calibration_pixels(_user_levels(calibration), prepare)
-            digest = hashlib.sha256(b"".join(p.tobytes() for p in pixels)).hexdigest()
-            key["calibration"] = f"images-{len(pixels)}-{digest}"
+            calibration_pixels = _calibration_pixels(_user_levels(calibration), prepare)
+            digest = hashlib.sha256(b"".join(p.tobytes() for p in calibration_pixels)).hexdigest()
+            key["calibration"] = f"images-{len(calibration_pixels)}-{digest}"
     entry = cache_entry(name, key)
     with _LOCK:
         started = time.perf_counter()
-        model = _read_entry(ov, entry, key)
+        model = _read_entry(entry, key)
         built = model is None
         if model is None:
             if precision == "int8" and not nncf_installed():
@@ -659,19 +663,39 @@ def load_tower(
                     "'float32', which need only OpenVINO."
                 )
             started = time.perf_counter()
-            model = vision_graph(clipseg, size)
+            try:
+                model = vision_graph(clipseg, size)
+            except Exception as exc:
+                raise ModelLoadError(
+                    f"OpenVINO could not convert {name}'s vision tower ({type(exc).__name__}: {first_line(exc)}); "
+                    "use backend='torch'"
+                ) from exc
             timings["build"] = time.perf_counter() - started
             extra: dict[str, Any] = {}
             if precision == "int8":
-                if not pixels:
+                if not calibration_pixels:
                     started = time.perf_counter()
-                    pixels = _calibration_pixels(calibration_images(), prepare)
+                    calibration_pixels = _calibration_pixels(calibration_images(), prepare)
                     timings["calibration_images"] = time.perf_counter() - started
                 log.info(
-                    "quantizing %s to int8 on %d calibration images (once; cached in %s)", name, len(pixels), entry
+                    "quantizing %s to int8 on %d calibration images (once; cached in %s)",
+                    name,
+                    len(calibration_pixels),
+                    entry,
                 )
                 started = time.perf_counter()
-                model = _quantize(model, pixels)
+                try:
+                    model = _quantize(model, calibration_pixels)
+                except ImportError as exc:
+                    raise BackendUnavailable(
+                        f"NNCF could not be imported ({first_line(exc)}): {INSTALL_QUANTIZE}, with an NNCF that "
+                        "matches the installed OpenVINO; or use dtype 'bfloat16' or 'float32'"
+                    ) from exc
+                except Exception as exc:
+                    raise ModelLoadError(
+                        f"NNCF could not quantize {name} to int8 ({type(exc).__name__}: {first_line(exc)}); use "
+                        "dtype 'bfloat16' or 'float32'"
+                    ) from exc
                 timings["quantize"] = extra["quantize_seconds"] = time.perf_counter() - started
             started = time.perf_counter()
             try:
@@ -680,7 +704,7 @@ def load_tower(
             except OSError as exc:  # a read-only or full cache: run anyway, converting again next time
                 log.warning("could not save the OpenVINO model in %s (%s); it will be rebuilt next time", entry, exc)
             if precision == "bfloat16":  # compile what the cache holds (float16 weights), as later loads will
-                read = _read_entry(ov, entry, key)
+                read = _read_entry(entry, key)
                 model = read if read is not None else model
         else:
             timings["read"] = time.perf_counter() - started
@@ -712,7 +736,7 @@ def _calibration_pixels(
     return out
 
 
-def _compile(model: Any, precision: str) -> Any:
+def _compile(model: Any, precision: str, what: str = "vision tower") -> Any:
     """Compile for the CPU in ``precision``, on as many threads as torch uses (so ``torch.set_num_threads`` and
     Ray's per-actor CPU limits apply here too)."""
     inference = _INFERENCE_PRECISION[precision]
@@ -726,4 +750,4 @@ def _compile(model: Any, precision: str) -> Any:
     try:
         return _core().compile_model(model, "CPU", config)
     except Exception as exc:
-        raise ModelLoadError(f"OpenVINO could not compile the vision tower for this CPU ({first_line(exc)})") from None
+        raise ModelLoadError(f"OpenVINO could not compile the {what} for this CPU ({first_line(exc)})") from None

@@ -225,12 +225,15 @@ class RayExecutor:
 
     def mapper(self, job: MaskJob, write: bool = True, masks: bool = False, batches: int | None = None) -> Any:
         """Connect, check resources (``ValueError`` if the cluster lacks them): ``(map(dataset, size), cluster)``."""
-        connect(self.address, ship_code=self.ship_code)
         device, cpus, gpus = self.model.device, self.cpus_per_actor, self.gpus_per_actor
         if device != "auto" and not device.startswith(("cpu", "cuda")):
             raise ValueError(f"device {device!r}: Ray actors run on cpu or cuda")
+        if self.model.cpu_only and (device.startswith("cuda") or (gpus or 0) > 0):
+            raise ValueError("the OpenVINO backend (--backend openvino, --dtype int8) runs on the CPU: no GPU actors")
+        connect(self.address, ship_code=self.ship_code)
         cpus, cluster_gpus = 1.0 if cpus is None else float(cpus), float(ray.cluster_resources().get("GPU", 0))
-        gpus = float(gpus if gpus is not None else cluster_gpus >= 1 and device.startswith(("auto", "cuda")))
+        wants_gpu = not self.model.cpu_only and device.startswith(("auto", "cuda"))
+        gpus = float(gpus if gpus is not None else cluster_gpus >= 1 and wants_gpu)
         if gpus > 0 and cluster_gpus <= 0:
             raise ValueError("GPU actors were asked for, but the Ray cluster has no GPUs; use --gpus-per-actor 0")
         if device.startswith("cuda") and gpus == 0:

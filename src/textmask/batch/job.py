@@ -37,6 +37,11 @@ class ModelSpec:
     download: bool = True
     backend: str = "auto"  # "torch", "openvino" (CPU) or "auto": see textmask.load
 
+    @property
+    def cpu_only(self) -> bool:
+        """True when the model runs on OpenVINO, hence on the CPU: ``backend="openvino"`` or ``dtype="int8"``."""
+        return self.backend == "openvino" or self.dtype == "int8"
+
     def load(self, device: str | None = None) -> Any:
         """The :class:`textmask.Segmenter` (cached per process); raises :class:`textmask.TextmaskError` or
         ``ValueError`` (a device or dtype this machine cannot use)."""

@@ -52,8 +52,7 @@ class LocalExecutor:
         report = run_job(session, items, job, progress, should_stop, on_failure)
         if session is not None:
             report.device = str(session.device)
-            # "float32", "bfloat16"...; "openvino-bfloat16" when OpenVINO runs the vision tower
-            report.dtype = getattr(session, "precision_name", None) or str(session.dtype).removeprefix("torch.")
+            report.dtype = session.precision_name  # "float32", "fast-int8", "openvino-bfloat16"...
         return report
 
 

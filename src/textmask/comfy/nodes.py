@@ -15,13 +15,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..constants import DEFAULT_MODEL
+from ..constants import BACKENDS, DEFAULT_MODEL
 
 log = logging.getLogger("textmask")
 
 DEVICE_CHOICES = ["auto", "cpu"]
 DTYPE_CHOICES = ["auto", "float32", "float16", "bfloat16", "int8"]
-BACKEND_CHOICES = ["auto", "torch", "openvino"]
+BACKEND_CHOICES = list(BACKENDS)
 NORMALIZE_CHOICES = ["minmax", "none", "seed"]
 COMBINE_CHOICES = ["union", "intersection"]
 EXAMPLE_MODE_CHOICES = ["separate", "blend"]
@@ -206,8 +206,6 @@ class TextmaskCLIPSegLoader:
             raise ValueError(f"device: {device!r} is not one of {DEVICE_CHOICES}")
         if dtype not in DTYPE_CHOICES:
             raise ValueError(f"dtype: {dtype!r} is not one of {DTYPE_CHOICES}")
-        if backend not in BACKEND_CHOICES:
-            raise ValueError(f"backend: {backend!r} is not one of {BACKEND_CHOICES}")
         return (runtime.load_pair(model, device=device, dtype=dtype, backend=backend),)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..constants import BACKENDS
 from ..engine import Segmenter, session_from_hf
 from ..errors import InputError, ModelLoadError, PromptError
 from ..images import as_image_batch
@@ -28,7 +29,7 @@ log = logging.getLogger("textmask")
 
 DEVICE_CHOICES = ("auto", "cpu")
 DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16", "int8")
-BACKEND_CHOICES = ("auto", "torch", "openvino")
+BACKEND_CHOICES = BACKENDS
 BROKEN_TRANSFORMERS = ("4.46.0",)  # its CLIPSeg interpolates position embeddings wrongly at 352×352
 
 _LOCK = threading.Lock()
