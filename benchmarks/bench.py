@@ -530,10 +530,11 @@ def print_report(report: dict[str, Any]) -> None:
     labels = list(report["sessions"])
     for case in report["cases"]:
         print(f"\n{case['size']}×{case['size']}, {case['prompts']} prompt(s), batch of {case['images']}")
-        head = f"  {'row':<30}{'s/image':>9}{'images':>8}" + "".join(f"{'vs ' + label:>22}" for label in labels)
+        width = max(22, *(len(label) + 5 for label in labels))  # "vs " + label, and a space before it
+        head = f"  {'row':<30}{'s/image':>9}{'images':>8}" + "".join(f"{'vs ' + label:>{width}}" for label in labels)
         print(head + f"{'peak mem Δ':>13}")
         for name, row in case["rows"].items():
-            ratios = "".join(f"{row['speedup_of_' + label]:>21.2f}×" for label in labels)
+            ratios = "".join(f"{row['speedup_of_' + label]:>{width - 1}.2f}×" for label in labels)
             print(
                 f"  {name:<30}{row['seconds_per_image']:>9.3f}{row['images_timed']:>8}{ratios}"
                 f"{fmt_bytes(row['peak_memory_delta_bytes']):>13}"
