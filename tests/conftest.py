@@ -31,6 +31,22 @@ def tiny_session(tiny_model_dir: Path):
     return textmask.load(str(tiny_model_dir))
 
 
+@pytest.fixture()
+def vision_passes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The batch size of every vision-tower pass (``Segmenter.encode_pixels``) made during the test, in order."""
+    from textmask.engine import Segmenter
+
+    passes: list[int] = []
+    real = Segmenter.encode_pixels
+
+    def counting(self, pixels, sizes):
+        passes.append(len(sizes))
+        return real(self, pixels, sizes)
+
+    monkeypatch.setattr(Segmenter, "encode_pixels", counting)
+    return passes
+
+
 @pytest.fixture(scope="session")
 def reference(tiny_model_dir: Path):
     """The reference pipeline: transformers' own processor and model, loaded independently."""

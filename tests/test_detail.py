@@ -96,15 +96,8 @@ def test_a_tile_cannot_invent_what_the_global_pass_lacks(tiny_session, monkeypat
     assert maps.max() < 1e-3
 
 
-def test_detail_costs_one_vision_pass_per_tile_batched(tiny_session, monkeypatch) -> None:
-    passes: list[int] = []
-    real = Segmenter.encode_pixels
-
-    def counting(self, pixels, sizes):
-        passes.append(len(sizes))
-        return real(self, pixels, sizes)
-
-    monkeypatch.setattr(Segmenter, "encode_pixels", counting)
+def test_detail_costs_one_vision_pass_per_tile_batched(tiny_session, vision_passes) -> None:
+    passes = vision_passes
     images = _images(3, 96, 128)
     masks = tiny_session.mask(images, "a cat", detail=(2, 3), batch_size=4)
     assert masks.shape == (3, 96, 128)

@@ -273,9 +273,9 @@ def test_stream_smooths_across_calls_like_one_piece(tiny_session) -> None:
         tiny_session.stream([["a cat"]], smoothing=1.0)
 
 
-def test_mask_requests_share_the_vision_pass_and_equal_single_calls(tiny_session, monkeypatch) -> None:
+def test_mask_requests_share_the_vision_pass_and_equal_single_calls(tiny_session, vision_passes) -> None:
     """Mixed sizes, prompts and options in one call: one vision pass per chunk, same masks as one call each."""
-    from textmask.engine import MaskRequest, Segmenter
+    from textmask.engine import MaskRequest
     from textmask.postprocess import MaskOptions
 
     images = [_image(30, 40, seed=1), _image(52, 36, seed=2), _image(30, 40, seed=3)]
@@ -284,17 +284,8 @@ def test_mask_requests_share_the_vision_pass_and_equal_single_calls(tiny_session
         MaskRequest(images[1], targets=[["a dog", "fur"], "the sky"], negative_prompts=["grass"]),
         MaskRequest(images[2], ["a cat", "a dog"], options=MaskOptions(threshold=0.5, invert=True)),
     ]
-    passes: list[int] = []
-    real = Segmenter.encode_pixels
-
-    def counting(self, pixels, sizes):
-        passes.append(len(sizes))
-        return real(self, pixels, sizes)
-
-    monkeypatch.setattr(Segmenter, "encode_pixels", counting)
     results = tiny_session.mask_requests(requests, batch_size=8)
-    assert passes == [3]  # every image in one vision pass
-    monkeypatch.setattr(Segmenter, "encode_pixels", real)
+    assert vision_passes == [3]  # every image in one vision pass
     assert [tuple(r.shape) for r in results] == [(1, 30, 40), (2, 52, 36), (1, 30, 40)]
     assert torch.equal(results[0][0], tiny_session.mask(images[0], "a cat"))
     alone = tiny_session.mask(images[1], targets=[["a dog", "fur"], "the sky"], negative_prompts=["grass"])
