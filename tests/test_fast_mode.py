@@ -76,6 +76,9 @@ def test_fast_mode_is_a_separate_cached_session(tiny_model_dir, tiny_session, fa
     assert fast_session is textmask.load(str(tiny_model_dir), dtype="fast", backend="torch")
     assert fast_session.loaded.fast and not tiny_session.loaded.fast
     assert "fast" in repr(fast_session)
+    dtype = str(fast_session.dtype).removeprefix("torch.")
+    expected = f"fast-{fast_session.loaded.quantize or dtype}"  # "fast-int8" where torch has an int8 engine
+    assert fast_session.precision_name == expected and tiny_session.precision_name == "float32"
     # The model object itself is left untouched: its own forward still equals the reference.
     processor, model = reference
     inputs = processor(text=["a cat"], images=[Image.new("RGB", (64, 48), (200, 30, 90))], return_tensors="pt")
