@@ -15,6 +15,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("float32", "bfloat16", "float16", "fast", "int8")  # int8: the OpenVINO backend
 BACKENDS = ("auto", "torch", "openvino")
+# The ComfyUI loader's choices ("auto": ComfyUI's device and dtype), declared by its node, checked by its runtime.
+COMFY_DEVICES = ("auto", "cpu")
+COMFY_DTYPES = ("auto", "float32", "float16", "bfloat16", "int8")
 NORMALIZE_MODES = ("none", "minmax", "seed")
 COMBINE_MODES = ("union", "intersection")
 OUTPUT_KINDS = ("mask", "overlay", "cutout", "instances")  # instances: images only (a JSON + a PNG each)

@@ -15,12 +15,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..constants import BACKENDS, DEFAULT_MODEL
+from ..constants import BACKENDS, COMFY_DEVICES, COMFY_DTYPES, DEFAULT_MODEL
 
 log = logging.getLogger("textmask")
 
-DEVICE_CHOICES = ["auto", "cpu"]
-DTYPE_CHOICES = ["auto", "float32", "float16", "bfloat16", "int8"]
+DEVICE_CHOICES = list(COMFY_DEVICES)
+DTYPE_CHOICES = list(COMFY_DTYPES)
 BACKEND_CHOICES = list(BACKENDS)
 NORMALIZE_CHOICES = ["minmax", "none", "seed"]
 COMBINE_CHOICES = ["union", "intersection"]

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..constants import BACKENDS
+from ..constants import BACKENDS, COMFY_DEVICES, COMFY_DTYPES
 from ..engine import Segmenter, session_from_hf
 from ..errors import InputError, ModelLoadError, PromptError
 from ..images import as_image_batch
@@ -27,8 +27,8 @@ from .folders import DEFAULT_MODEL, comfy_module, resolve_model
 
 log = logging.getLogger("textmask")
 
-DEVICE_CHOICES = ("auto", "cpu")
-DTYPE_CHOICES = ("auto", "float32", "float16", "bfloat16", "int8")
+DEVICE_CHOICES = COMFY_DEVICES
+DTYPE_CHOICES = COMFY_DTYPES
 BACKEND_CHOICES = BACKENDS
 BROKEN_TRANSFORMERS = ("4.46.0",)  # its CLIPSeg interpolates position embeddings wrongly at 352×352
 
