@@ -1,9 +1,10 @@
 """``textmask serve`` against real servers on 127.0.0.1 sockets.
 
 ``server`` is ``python -m textmask serve`` in a subprocess (small limits): the API, its errors, the parity with
-the CLI, the web page in a browser, and last the graceful stop (SIGTERM). ``gated`` is the same app under uvicorn
-in a thread, with an API key and a session whose engine calls the test can hold: the batcher's behaviour (batching,
-a full queue, a client that has gone) is then checked without depending on timing.
+the CLI, the web page in a browser. ``held`` is another such subprocess whose engine calls wait while a gate
+file exists (tests/gated_serve.py): the graceful stop (SIGTERM) with requests in flight. ``gated`` is the same app
+under uvicorn in a thread, with an API key and a session whose engine calls the test can hold: the batcher's
+behaviour (batching, a full queue, a client that has gone) is then checked without depending on timing.
 """
 
 from __future__ import annotations
@@ -66,12 +67,13 @@ SMALL = noise_png(40, 56, seed=1)
 class Server:
     """A ``python -m textmask serve`` subprocess; its log goes to a file (shown when something fails)."""
 
-    def __init__(self, model: Path, log: Path, *args: str) -> None:
+    def __init__(self, model: Path, log: Path, *args: str, gate: Path | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
-        command = [sys.executable, "-m", "textmask", "serve", "--model", str(model), "--port", str(self.port), *args]
+        launcher = ["-m", "textmask"] if gate is None else [str(Path(__file__).with_name("gated_serve.py")), str(gate)]
+        command = [sys.executable, *launcher, "serve", "--model", str(model), "--port", str(self.port), *args]
         self._log = open(log, "wb")  # closed in stop()
         self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self.saw_loading: list[httpx.Response] = []
@@ -104,15 +106,18 @@ class Server:
 
 @pytest.fixture(scope="module")
 def servers(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
-    """Started together, so that their interpreters start side by side: the server, and one whose model is missing."""
+    """Started together, so that their interpreters start side by side: the server, one whose model is missing, and
+    the held one."""
     logs = tmp_path_factory.mktemp("serve-logs")
     started = {
         "server": Server(tiny_model_dir, logs / "server.log", "--max-upload-mb", "1", "--max-pixels",
                          str(MAX_PIXELS), "--shutdown-timeout", "60"),
         "missing": Server(logs / "no-such-model", logs / "missing.log"),
+        "held": Server(tiny_model_dir, logs / "held.log", "--shutdown-timeout", "60", gate=logs / "gate"),
     }  # fmt: skip
     try:
         started["server"].wait_ready()
+        started["held"].wait_ready()
         yield started
     finally:
         for server in started.values():
@@ -684,8 +689,12 @@ def test_missing_model_exits_3(servers: dict[str, Server]) -> None:
 
 
 # ------------------------------------------------------------------------------------- shutdown
-def test_sigterm_finishes_requests_in_flight(server: Server) -> None:
-    """Runs last: SIGTERM while requests are in flight; they complete 200, new ones are refused, exit 0."""
+def test_sigterm_finishes_requests_in_flight(servers: dict[str, Server]) -> None:
+    """SIGTERM while three requests are held in the engine (the ``held`` server): they complete 200 once let go, new
+    ones are refused meanwhile, and the server exits 0."""
+    server = servers["held"]
+    gate = server.log_path.with_name("gate")
+    gate.touch()  # engine calls now wait
     results: list[httpx.Response] = []
 
     def send(image: bytes) -> threading.Thread:
@@ -708,6 +717,9 @@ def test_sigterm_finishes_requests_in_flight(server: Server) -> None:
         assert_error(late, 503, "shutting_down", None)
     except httpx.TransportError:
         pass  # the listening socket is already closed: connection refused
+    assert server.process.poll() is None, "the server quit with requests in flight"
+    assert not results, "a request was answered while the engine was held"
+    gate.unlink()  # let the engine go
     for thread in threads:
         thread.join(300)
     assert [response.status_code for response in results] == [200, 200, 200], [r.text for r in results]
