@@ -28,6 +28,7 @@ def _call_layer(layer: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     """The layer module's own forward (the readable one), which the engine's in-place version must equal."""
     return layer(hidden)
 
+
 PROMPTS = ["a cat", "a dog", "the sky"]
 
 

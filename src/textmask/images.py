@@ -55,9 +55,7 @@ def _plain_cmyk(image: PIL.Image.Image) -> PIL.Image.Image:  # noqa: F821
     return image
 
 
-def load_image(
-    path: str | os.PathLike, name: str = "image", data: bytes | None = None
-) -> PIL.Image.Image:  # noqa: F821
+def load_image(path: str | os.PathLike, name: str = "image", data: bytes | None = None) -> PIL.Image.Image:  # noqa: F821
     """Open an image file fully (decoded, EXIF-upright) or raise :class:`InputError` saying why not.
 
     Args:

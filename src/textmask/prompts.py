@@ -413,8 +413,6 @@ def prompt_label(prompt: Any) -> str:
     return IMAGE_PREFIX + _source_label(prompt)  # a bare image
 
 
-
-
 def short_hash(text: str) -> str:
     """The first 8 hex digits of the SHA-1 of ``text``: a stable, short name part."""
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]

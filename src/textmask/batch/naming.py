@@ -195,5 +195,3 @@ def pending_outputs(planned: Sequence[PlannedOutput], overwrite: bool = False) -
     if overwrite:
         return list(planned)
     return [output for output in planned if not os.path.lexists(output.path)]
-
-

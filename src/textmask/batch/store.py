@@ -126,8 +126,6 @@ def check_writable(folder: str | os.PathLike) -> Path:
     return folder
 
 
-
-
 def save_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (parent folders are created)."""
     with atomic_path(path) as temporary:

@@ -247,5 +247,3 @@ def print_summary(report: Any, outdir: str, total_seconds: float) -> None:
         for failure in report.failures:
             message = failure_line(failure)
             click.echo(f"  {message}")
-
-

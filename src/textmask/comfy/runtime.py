@@ -295,9 +295,7 @@ def seed_pixel_backend() -> str:
     return "torchvision" if major >= 5 and importlib.util.find_spec("torchvision") is not None else "pil"
 
 
-def _own_session(
-    folder: Path, device: torch.device, dtype: torch.dtype | str, runtime: str = "torch"
-) -> Segmenter:
+def _own_session(folder: Path, device: torch.device, dtype: torch.dtype | str, runtime: str = "torch") -> Segmenter:
     """textmask's session for a model folder, its pixels prepared as this environment's processor would.
 
     ``runtime``: ``"torch"``, or ``"openvino"`` (CPU; ``dtype`` is then an OpenVINO precision)."""
