@@ -271,7 +271,10 @@ def test_probes_info_docs_and_metrics(server: Server, client: httpx.Client) -> N
     form = schema["components"]["schemas"][form["$ref"].rsplit("/", 1)[1]] if "$ref" in form else form
     assert {"image", "prompt", "negative", "output", "bits", *options} <= set(form["properties"])
     assert form["required"] == ["image", "prompt"]
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")  # Swagger UI from the fastapi-swagger wheel: no CDN, so it works offline
+    assert docs.status_code == 200 and "cdn." not in docs.text and "/docs/assets/swagger-ui-bundle.js" in docs.text
+    bundle = client.get("/docs/assets/swagger-ui-bundle.js")
+    assert bundle.status_code == 200 and "javascript" in bundle.headers["content-type"] and len(bundle.content) > 1e5
 
     values = metrics(client)
     assert values["textmask_model_ready"] == 1
@@ -659,6 +662,14 @@ def test_page_in_a_real_browser(server: Server, client: httpx.Client, tmp_path: 
         wait_for(lambda: preview.get_attribute("data-kind") == "overlay", 60, "the overlay preview")
         logs = [entry for entry in driver.get_log("browser") if entry.get("level") == "SEVERE"]
         assert not logs, logs  # no script errors, nothing blocked by the page's security policy
+
+        # /docs renders the OpenAPI document (3.1) with the bundled Swagger UI, no network needed.
+        driver.get(server.url + "/docs")
+        wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#operations-api-mask_v1_mask_post"), 30,
+                 "Swagger UI to list POST /v1/mask")  # fmt: skip
+        assert "/v1/mask" in driver.find_element(By.CSS_SELECTOR, "#operations-api-mask_v1_mask_post").text
+        assert not driver.find_elements(By.CSS_SELECTOR, ".errors-wrapper")
+        driver.save_screenshot(str(artifacts / "serve-docs.png"))
     finally:
         driver.quit()
 

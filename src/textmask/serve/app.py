@@ -28,7 +28,8 @@ from typing import Any
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -64,6 +65,7 @@ _STATUS_CODES = {
     503: "unavailable",
 }
 _ROUTES = ("/v1/mask", "/v1/info", "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/")
+_PREFIXES = ("/static", "/docs/assets")  # metric labels for the files under them
 
 
 class ApiError(Exception):
@@ -326,7 +328,7 @@ class Gate:
             await self.app(scope, receive, send)
             return
         service, path, method = self.service, scope["path"], scope["method"]
-        route = path if path in _ROUTES else ("/static" if path.startswith("/static/") else "other")
+        route = path if path in _ROUTES else next((p for p in _PREFIXES if path.startswith(p + "/")), "other")
         started = time.perf_counter()
         status = 500
         exceeded = False
@@ -456,6 +458,7 @@ def create_app(
         summary="Text-prompted segmentation masks (CLIPSeg) over HTTP.",
         description="Send an image and prompts; get the mask `textmask mask` would write. See docs/serve.md.",
         lifespan=lifespan,
+        docs_url=None if _swagger_assets() else "/docs",  # our own /docs below, when Swagger UI ships locally
     )
     app.state.service = service
 
@@ -506,6 +509,18 @@ def _from_validation(exc: RequestValidationError) -> ApiError:
     given = first.get("input")
     shown = f" (got {given!r})" if isinstance(given, (str, int, float)) and len(str(given)) <= 40 else ""
     return ApiError(422, "invalid_field", f"{field}: {first.get('msg', 'invalid value')}{shown}", field)
+
+
+def _swagger_assets() -> Path | None:
+    """The folder of Swagger UI's JS and CSS in the ``fastapi-swagger`` wheel (part of ``textmask[serve]``), or None
+    without it (then /docs is FastAPI's own page, which loads them from a CDN)."""
+    try:
+        from importlib.resources import files
+
+        folder = Path(str(files("fastapi_swagger.resources")))
+    except (ImportError, TypeError):
+        return None
+    return folder if (folder / "swagger-ui-bundle.js").is_file() else None
 
 
 def _add_routes(app: FastAPI, service: Service) -> None:
@@ -579,6 +594,21 @@ def _add_routes(app: FastAPI, service: Service) -> None:
                                                             "Cache-Control": "no-cache"})  # fmt: skip
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    assets = _swagger_assets()
+    if assets is not None:
+        app.mount("/docs/assets", StaticFiles(directory=assets), name="swagger")
+
+        @app.get("/docs", include_in_schema=False)
+        async def docs(request: Request) -> HTMLResponse:
+            """Swagger UI from the fastapi-swagger wheel, so /docs works offline (FastAPI's own loads a CDN)."""
+            root = request.scope.get("root_path", "").rstrip("/")
+            return get_swagger_ui_html(
+                openapi_url=f"{root}{app.openapi_url}",
+                title="textmask - Swagger UI",
+                swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
+                swagger_css_url=f"{root}/docs/assets/swagger-ui.css",
+                swagger_favicon_url=f"{root}/docs/assets/favicon-32x32.png",
+            )
 
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
