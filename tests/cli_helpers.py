@@ -15,6 +15,7 @@ from textmask.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
+GATED = Path(__file__).with_name("gated_textmask.py")  # textmask with engine calls held by a gate file
 
 
 def run_cli(*args: str, cwd: Path = ROOT, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cli_helpers import ROOT, SRC, files_in, invoke, mask_levels, run_cli
+from cli_helpers import GATED, ROOT, SRC, files_in, invoke, mask_levels, run_cli
 from PIL import Image
 
 from textmask.batch import CollisionError, atomic_path, discover_inputs, make_targets, prompt_slug
@@ -167,20 +167,26 @@ def test_ctrl_c_stops_after_the_current_batch(tmp_path: Path, tiny_model_dir: Pa
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(SRC))
     args = ["mask", str(folder), "-p", "cat", "--model", str(tiny_model_dir), "-o", str(out), "-b", "1", "--json"]
+    gate = tmp_path / "gate"
+    gate.touch()  # the engine's third call waits until the test has pressed Ctrl-C: no race on a fast machine
     process = subprocess.Popen(
-        [sys.executable, "-m", "textmask", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+        [sys.executable, str(GATED), str(gate), "2", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
     deadline = time.monotonic() + 120
-    while not (out.is_dir() and any(p.suffix == ".png" for p in out.iterdir())):
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended before any output appeared"
+    while not (out.is_dir() and sum(p.suffix == ".png" for p in out.iterdir()) >= 2):
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before it could be stopped"
         time.sleep(0.02)
     process.send_signal(signal.SIGINT)
+    time.sleep(0.5)  # the handler runs while the third image is held; it must only ask the run to stop
+    assert process.poll() is None, "one Ctrl-C killed the run instead of stopping it after the batch"
+    gate.unlink()  # the batch in hand completes
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr.decode()
     summary = json.loads(stdout)
     assert summary["interrupted"] is True and summary["exit_code"] == 130
     written = files_in(out)
-    assert 0 < len(written) < 80  # stopped early...
+    assert len(written) == 3, written  # stopped after the batch in hand (the third image)...
     assert written == {Path(p).relative_to(out).as_posix() for p in summary["outputs"]}  # ...with nothing partial
     for name in written:
         assert mask_levels(out / name).shape == (16, 16)

@@ -326,10 +326,8 @@ def test_cancel_stops_the_node_between_chunks(comfyui):
     time.sleep(1.5)
     _request(f"{comfyui.url}/interrupt", {})
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        history = _request(f"{comfyui.url}/history/{prompt_id}")
-        if history and prompt_id in history:
-            break
+    while not ((history := _request(f"{comfyui.url}/history/{prompt_id}")) and prompt_id in history):
+        assert time.monotonic() < deadline, "the interrupted prompt never reached ComfyUI's history"
         time.sleep(0.2)
     status = history[prompt_id]["status"]
     interrupted = [m[1] for m in status["messages"] if m[0] == "execution_interrupted"]

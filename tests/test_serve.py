@@ -2,7 +2,7 @@
 
 ``server`` is ``python -m textmask serve`` in a subprocess (small limits): the API, its errors, the parity with
 the CLI, the web page in a browser. ``held`` is another such subprocess whose engine calls wait while a gate
-file exists (tests/gated_serve.py): the graceful stop (SIGTERM) with requests in flight. ``gated`` is the same app
+file exists (tests/gated_textmask.py): the graceful stop (SIGTERM) with requests in flight. ``gated`` is the same app
 under uvicorn in a thread, with an API key and a session whose engine calls the test can hold: the batcher's
 behaviour (batching, a full queue, a client that has gone) is then checked without depending on timing.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import signal
 import socket
@@ -29,7 +30,7 @@ from PIL import Image
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from cli_helpers import ROOT, SRC, invoke  # noqa: E402
+from cli_helpers import GATED, ROOT, SRC, invoke  # noqa: E402
 
 EXAMPLE = ROOT / "examples" / "images" / "cat-on-lawn.png"
 KEY = "test-key-123"
@@ -38,12 +39,6 @@ QUEUE = 4  # the in-process server's
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def png_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
@@ -65,15 +60,21 @@ SMALL = noise_png(40, 56, seed=1)
 
 
 class Server:
-    """A ``python -m textmask serve`` subprocess; its log goes to a file (shown when something fails)."""
+    """A ``python -m textmask serve`` subprocess; its log goes to a file (shown when something fails).
 
-    def __init__(self, model: Path, log: Path, *args: str, gate: Path | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    With ``gate`` it runs through tests/gated_textmask.py: engine calls wait while that file exists. ``hold_loading``
+    creates it first, so the warm-up (part of loading) waits until :meth:`wait_ready` has seen a 503 "loading"."""
+
+    def __init__(self, model: Path, log: Path, *args: str, gate: Path | None = None, hold_loading: bool = False):
+        self.url = ""  # known once uvicorn says which port it bound (--port 0: no port taken from under us)
         self.log_path = log
+        self.gate = gate
+        if hold_loading:
+            assert gate is not None
+            gate.touch()
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
-        launcher = ["-m", "textmask"] if gate is None else [str(Path(__file__).with_name("gated_serve.py")), str(gate)]
-        command = [sys.executable, *launcher, "serve", "--model", str(model), "--port", str(self.port), *args]
+        launcher = ["-m", "textmask"] if gate is None else [str(GATED), str(gate), "0"]
+        command = [sys.executable, *launcher, "serve", "--model", str(model), "--port", "0", *args]
         self._log = open(log, "wb")  # closed in stop()
         self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
         self.saw_loading: list[httpx.Response] = []
@@ -86,6 +87,12 @@ class Server:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"the server exited with {self.process.returncode}:\n{self.log()}")
+            if not self.url:
+                bound = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", self.log())
+                if bound is None:
+                    time.sleep(0.05)
+                    continue
+                self.url = bound.group(1)
             try:
                 response = httpx.get(f"{self.url}/readyz", timeout=5)
             except httpx.TransportError:
@@ -94,6 +101,8 @@ class Server:
             if response.status_code == 200:
                 return
             self.saw_loading.append(response)
+            if self.gate is not None and self.gate.exists():
+                self.gate.unlink()  # seen loading: let the warm-up finish
             time.sleep(0.05)
         raise AssertionError(f"the server was not ready after {timeout} s:\n{self.log()}")
 
@@ -107,11 +116,11 @@ class Server:
 @pytest.fixture(scope="module")
 def servers(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
     """Started together, so that their interpreters start side by side: the server, one whose model is missing, and
-    the held one."""
+    the held one. ``server`` holds its warm-up until a 503 "loading" is seen, however fast this machine loads."""
     logs = tmp_path_factory.mktemp("serve-logs")
     started = {
         "server": Server(tiny_model_dir, logs / "server.log", "--max-upload-mb", "1", "--max-pixels",
-                         str(MAX_PIXELS), "--shutdown-timeout", "60"),
+                         str(MAX_PIXELS), "--shutdown-timeout", "60", gate=logs / "loading", hold_loading=True),
         "missing": Server(logs / "no-such-model", logs / "missing.log"),
         "held": Server(tiny_model_dir, logs / "held.log", "--shutdown-timeout", "60", gate=logs / "gate"),
     }  # fmt: skip
@@ -139,6 +148,11 @@ class GatedSession:
         self.gate.set()
         self.entered = threading.Event()
         self.calls: list[int] = []
+        self.batcher: Any = None  # the server's MicroBatcher (set by the fixture), to see what it has queued
+
+    def queued(self) -> int:
+        """Requests submitted to the batcher and not yet taken by the engine."""
+        return len(self.batcher._queue)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.session, name)
@@ -159,11 +173,16 @@ def gated(tiny_session: Any) -> Iterator[tuple[str, GatedSession]]:
     from textmask.serve import ServeConfig, create_app
 
     session = GatedSession(tiny_session)
-    config = ServeConfig(port=free_port(), api_key=KEY, queue=QUEUE, max_batch=4, batch_wait_ms=20)
-    server = uvicorn.Server(uvicorn.Config(create_app(config, session), port=config.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    listening = socket.socket()  # bound here and handed to uvicorn: no port can be taken in between
+    listening.bind(("127.0.0.1", 0))
+    port = int(listening.getsockname()[1])
+    config = ServeConfig(port=port, api_key=KEY, queue=QUEUE, max_batch=4, batch_wait_ms=20)
+    app = create_app(config, session)
+    session.batcher = app.state.service.batcher
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{config.port}"
+    url = f"http://127.0.0.1:{port}"
     wait_for(lambda: _answers(f"{url}/readyz"), 120, "the in-process server")
     yield url, session
     session.gate.set()
@@ -496,7 +515,7 @@ def test_batching_queue_full_and_client_gone(gated: tuple[str, GatedSession], ti
         head += f"Content-Type: {request.headers['content-type']}\r\n"
         body = request.read()
         victim.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
-        wait_for(lambda: metrics(http)["textmask_queue_depth"] == 1, what="the victim to queue")
+        wait_for(lambda: session.queued() == 1, what="the victim to queue")  # submitted, not only admitted
         victim.close()  # the client is gone; its request must never reach the model
         wait_for(lambda: metrics(http)["textmask_requests_in_progress"] == 1, what="the server to see it go")
 
@@ -507,7 +526,8 @@ def test_batching_queue_full_and_client_gone(gated: tuple[str, GatedSession], ti
                   dict(invert=True)),
         }  # fmt: skip
         threads = [send(name, **fields) for name, (fields, _) in cases.items()]
-        wait_for(lambda: metrics(http)["textmask_queue_depth"] == QUEUE, what="the queue to fill")
+        wait_for(lambda: session.queued() == QUEUE, what="the queue to fill")
+        assert metrics(http)["textmask_queue_depth"] == QUEUE
         full = post_mask(http)
         assert_error(full, 503, "queue_full", None)
         assert int(full.headers["retry-after"]) >= 1
@@ -592,10 +612,10 @@ def _closed_loop(clients: int, rounds: int, wait_s: float, engine_s: float) -> t
 def test_closed_loop_clients_share_batches_and_a_lone_client_does_not_wait() -> None:
     sizes, _ = _closed_loop(clients=4, rounds=8, wait_s=0.002, engine_s=0.3)
     assert sum(sizes) == 32
-    assert sum(sizes) / len(sizes) > 3, sizes  # not alternating halves: the four come back into one batch
+    assert sum(sizes) / len(sizes) > 2.5, sizes  # not alternating halves (2.0): the four come back into one batch
     sizes, seconds = _closed_loop(clients=1, rounds=6, wait_s=0.3, engine_s=0.02)
     assert sizes == [1] * 6
-    assert seconds < 0.3 + 6 * (0.02 + 0.01) + 0.6, seconds  # only the very first request waited for company
+    assert seconds < 1.5, seconds  # only the very first waited for company (~0.5 s); waiting each round is ≥ 1.98 s
 
 
 # ------------------------------------------------------------------------------------------ page
@@ -650,12 +670,10 @@ def test_page_in_a_real_browser(server: Server, client: httpx.Client, tmp_path: 
         assert not driver.find_element(By.ID, "error").is_displayed()
         driver.save_screenshot(str(artifacts / "serve-page.png"))
 
+        expected = post_mask(client, EXAMPLE.read_bytes(), EXAMPLE.name, prompts=["a cat"])
         driver.find_element(By.ID, "download-mask").click()
         target = downloads / "cat-on-lawn.mask.png"
-        wait_for(target.exists, 30, "the download")
-        time.sleep(0.2)
-        expected = post_mask(client, EXAMPLE.read_bytes(), EXAMPLE.name, prompts=["a cat"])
-        assert target.read_bytes().startswith(b"\x89PNG")
+        wait_for(lambda: target.exists() and target.stat().st_size == len(expected.content), 30, "the download")
         assert target.read_bytes() == expected.content  # the page's download is the API's answer
 
         driver.find_element(By.CSS_SELECTOR, "[data-view=overlay]").click()
