@@ -167,7 +167,8 @@ class GatedSession:
 
 @pytest.fixture(scope="module")
 def gated(tiny_session: Any) -> Iterator[tuple[str, GatedSession]]:
-    """The app under uvicorn in a thread (a real socket), with an API key, a queue of 4 and batches of up to 4."""
+    """The app under uvicorn in a thread (a real socket), with an API key, a queue of 4, batches of up to 4, and an
+    idle engine that waits 100 ms for company (wide enough for simultaneous clients on a loaded machine)."""
     import uvicorn
 
     from textmask.serve import ServeConfig, create_app
@@ -176,7 +177,7 @@ def gated(tiny_session: Any) -> Iterator[tuple[str, GatedSession]]:
     listening = socket.socket()  # bound here and handed to uvicorn: no port can be taken in between
     listening.bind(("127.0.0.1", 0))
     port = int(listening.getsockname()[1])
-    config = ServeConfig(port=port, api_key=KEY, queue=QUEUE, max_batch=4, batch_wait_ms=20)
+    config = ServeConfig(port=port, api_key=KEY, queue=QUEUE, max_batch=4, batch_wait_ms=100)
     app = create_app(config, session)
     session.batcher = app.state.service.batcher
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
