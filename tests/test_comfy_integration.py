@@ -318,12 +318,21 @@ def test_cancel_stops_the_node_between_chunks(comfyui):
         },
         "5": {"class_type": "SaveImage", "inputs": {"images": ["4", 1], "filename_prefix": "textmask/long"}},
     }  # fmt: skip
-    answer = _request(f"{comfyui.url}/prompt", {"prompt": prompt, "client_id": "textmask-test"})
-    prompt_id = answer["prompt_id"]
-    deadline = time.monotonic() + 60
-    while not _request(f"{comfyui.url}/queue")["queue_running"] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.5)
+    websocket = pytest.importorskip("websocket")  # websocket-client (selenium's dependency, in the dev extra)
+    events = websocket.create_connection(f"{comfyui.url.replace('http', 'ws', 1)}/ws?clientId=textmask-test",
+                                         timeout=120)  # fmt: skip
+    try:
+        answer = _request(f"{comfyui.url}/prompt", {"prompt": prompt, "client_id": "textmask-test"})
+        prompt_id = answer["prompt_id"]
+        while True:  # until ComfyUI reports progress inside our node (the upstream nodes are done by then)
+            message = events.recv()
+            if isinstance(message, str):
+                event = json.loads(message)
+                data = event.get("data") or {}
+                if event.get("type") == "progress" and data.get("node") == "4" and data.get("value", 0) >= 1:
+                    break
+    finally:
+        events.close()
     _request(f"{comfyui.url}/interrupt", {})
     deadline = time.monotonic() + 120
     while not ((history := _request(f"{comfyui.url}/history/{prompt_id}")) and prompt_id in history):
