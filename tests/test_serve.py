@@ -723,7 +723,8 @@ def test_sigterm_finishes_requests_in_flight(servers: dict[str, Server]) -> None
     """SIGTERM while three requests are held in the engine (the ``held`` server): they complete 200 once let go, new
     ones are refused meanwhile, and the server exits 0."""
     server = servers["held"]
-    gate = server.log_path.with_name("gate")
+    gate = server.gate
+    assert gate is not None
     gate.touch()  # engine calls now wait
     results: list[httpx.Response] = []
 

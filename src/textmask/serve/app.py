@@ -452,13 +452,14 @@ def create_app(
         finally:
             await asyncio.get_running_loop().run_in_executor(None, service.stop)
 
+    swagger = _swagger_assets()
     app = FastAPI(
         title="textmask",
         version=__version__,
         summary="Text-prompted segmentation masks (CLIPSeg) over HTTP.",
         description="Send an image and prompts; get the mask `textmask mask` would write. See docs/serve.md.",
         lifespan=lifespan,
-        docs_url=None if _swagger_assets() else "/docs",  # our own /docs below, when Swagger UI ships locally
+        docs_url=None if swagger else "/docs",  # our own /docs (_add_docs) when Swagger UI's files are installed
     )
     app.state.service = service
 
@@ -482,6 +483,8 @@ def create_app(
         return JSONResponse(error_body("internal", f"unexpected error: {type(exc).__name__}"), 500)
 
     _add_routes(app, service)
+    if swagger is not None:
+        _add_docs(app, swagger)
     app.add_middleware(Gate, service=service)
     if config.cors:
         from starlette.middleware.cors import CORSMiddleware
@@ -594,21 +597,23 @@ def _add_routes(app: FastAPI, service: Service) -> None:
                                                             "Cache-Control": "no-cache"})  # fmt: skip
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    assets = _swagger_assets()
-    if assets is not None:
-        app.mount("/docs/assets", StaticFiles(directory=assets), name="swagger")
 
-        @app.get("/docs", include_in_schema=False)
-        async def docs(request: Request) -> HTMLResponse:
-            """Swagger UI from the fastapi-swagger wheel, so /docs works offline (FastAPI's own loads a CDN)."""
-            root = request.scope.get("root_path", "").rstrip("/")
-            return get_swagger_ui_html(
-                openapi_url=f"{root}{app.openapi_url}",
-                title="textmask - Swagger UI",
-                swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
-                swagger_css_url=f"{root}/docs/assets/swagger-ui.css",
-                swagger_favicon_url=f"{root}/docs/assets/favicon-32x32.png",
-            )
+
+def _add_docs(app: FastAPI, assets: Path) -> None:
+    """/docs: Swagger UI from the fastapi-swagger wheel's files in ``assets``, so it works offline (FastAPI's own
+    page loads them from a CDN)."""
+    app.mount("/docs/assets", StaticFiles(directory=assets), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title="textmask - Swagger UI",
+            swagger_js_url=f"{root}/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/docs/assets/swagger-ui.css",
+            swagger_favicon_url=f"{root}/docs/assets/favicon-32x32.png",
+        )
 
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
