@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
+_THROWAWAY_CACHE: str | None = None
+
 
 def pytest_configure(config: pytest.Config) -> None:
-    # Random models built by the tests go to a throwaway cache, and nothing touches the network.
-    os.environ.setdefault("TEXTMASK_CACHE", tempfile.mkdtemp(prefix="textmask-test-cache-"))
+    # Random models built by the tests go to a throwaway cache (random-full alone is 577 MB), removed when the
+    # run ends; nothing touches the network.
+    global _THROWAWAY_CACHE
+    if "TEXTMASK_CACHE" not in os.environ:
+        _THROWAWAY_CACHE = tempfile.mkdtemp(prefix="textmask-test-cache-")
+        os.environ["TEXTMASK_CACHE"] = _THROWAWAY_CACHE
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _THROWAWAY_CACHE is not None:
+        shutil.rmtree(_THROWAWAY_CACHE, ignore_errors=True)
+        del os.environ["TEXTMASK_CACHE"]
 
 
 @pytest.fixture(scope="session")
