@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -49,15 +50,16 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def decode(path: Path, fmt: str = "gray") -> tuple[list[np.ndarray], list[int], object]:
-    """All frames (as ``fmt`` arrays), their timestamps, and the stream."""
+def decode(path: Path, fmt: str = "gray") -> tuple[list[np.ndarray], list[int], SimpleNamespace]:
+    """All frames (as ``fmt`` arrays), their timestamps, and the stream's ``average_rate`` (read while the container
+    is open: PyAV 18 refuses to read a closed container's streams)."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         frames, stamps = [], []
         for frame in container.decode(stream):
             frames.append(frame.to_ndarray(format=fmt))
             stamps.append(frame.pts * frame.time_base)
-        return frames, stamps, stream
+        return frames, stamps, SimpleNamespace(average_rate=stream.average_rate)
 
 
 def test_mask_video_keeps_count_size_rate(clip: Path, tiny_model_dir: Path, tmp_path: Path):

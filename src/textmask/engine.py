@@ -501,6 +501,11 @@ class Segmenter:
         """
         decoder = self.clipseg.decoder
         batch, prompts = len(features), embeddings.shape[0]
+        if prompts > 1:
+            # One prompt per pass: a prompt's logits must not depend on which other prompts share the call (the
+            # targets of one mask call against separate calls; negatives added or not). In one batch of B × P rows
+            # the matmuls' kernels (chosen by the row count on some CPUs) would change the last bits with P.
+            return torch.cat([self.decode(features, embeddings[index : index + 1]) for index in range(prompts)], 1)
         embeddings = embeddings.to(device=self.device, dtype=self.dtype)
         if self._openvino_decoder is not None:  # backend="openvino": the decoder layers run there too
             return self._openvino_decoder(features.reduced, decoder.film_mul(embeddings), decoder.film_add(embeddings))
@@ -521,14 +526,20 @@ class Segmenter:
         assert output is not None
         if not expanded:  # conditional layer beyond the decoder depth: never conditioned (matches HF)
             output = output.repeat_interleave(prompts, dim=0)
-        output = output[:, 1:, :].transpose(1, 2)
-        side = round(output.shape[2] ** 0.5)
-        output = output.reshape(output.shape[0], output.shape[1], side, side)
-        # One (image, prompt) pair at a time: batched transposed convolutions give results whose last bits depend
-        # on the batch size, and a mask must not depend on which images shared its chunk (the CLI, the Ray actors
-        # and resumed runs batch differently). These layers are a few percent of the decoder's small cost.
+        pairs, tokens, width = output.shape
+        side = round((tokens - 1) ** 0.5)
+        # One (image, prompt) pair at a time, each cut from the [pairs, T, R] tokens alone (a [1, R, S, S] view with
+        # the same strides as transformers' at batch 1): batched convolutions give results whose last bits depend on
+        # the batch size, and so does a slice's layout (oneDNN picks its algorithm by the strides, the batch's
+        # included), and a mask must not depend on which images shared its chunk (the CLI, the Ray actors and
+        # resumed runs batch differently). These layers are a few percent of the decoder's small cost.
         upsample = decoder.transposed_convolution
-        logits = torch.cat([upsample(output[pair : pair + 1]) for pair in range(output.shape[0])]).squeeze(1)
+        logits = torch.cat(
+            [
+                upsample(output[pair : pair + 1, 1:, :].transpose(1, 2).reshape(1, width, side, side))
+                for pair in range(pairs)
+            ]
+        ).squeeze(1)
         return logits.reshape(batch, prompts, *logits.shape[-2:]).float()
 
     # ---------------------------------------------------------------------------------- upsampling
