@@ -77,6 +77,16 @@ _INVERT_EXAMPLE_MASK = (
 )
 
 
+_MODEL_TOOLTIP = (
+    "A CLIPSeg (processor, model) pair: for textmask's masking nodes, and SaltAI's and WAS Node Suite's too"
+)
+_MASKING_TOOLTIPS = (
+    "Masks [B, H, W] in 0..1 at the first image's size, after threshold, grow/shrink, blur and invert",
+    "The masks as black-and-white images [B, H, W, 3]",
+    "A heat-map of each mask over its image [B, H, W, 3] (a preview)",
+)
+
+
 class SaltCLIPSegMasking:
     """Drop-in for SaltAI's "Batch Image CLIPSeg Masking": same contract, same masks (within 1/255).
 
@@ -98,6 +108,10 @@ class SaltCLIPSegMasking:
 
     RETURN_TYPES = ("MASK", "IMAGE")
     RETURN_NAMES = ("masks", "mask_images")
+    OUTPUT_TOOLTIPS = (
+        "Masks [B, H, W] in 0..1 at the first image's size, normalized as SaltAI's node does ((p - min) / max)",
+        "The masks as black-and-white images [B, H, W, 3]",
+    )
     FUNCTION = "CLIPSeg_image"
     CATEGORY = "SALT/Masking"
 
@@ -132,6 +146,7 @@ class SaltCLIPSegLoader:
     RETURN_TYPES = ("CLIPSEG_MODEL",)
     RETURN_NAMES = ("clipseg_model",)
     FUNCTION = "clipseg_model"
+    OUTPUT_TOOLTIPS = (_MODEL_TOOLTIP,)
     CATEGORY = "SALT/Loaders"
 
     def clipseg_model(self, model: str) -> tuple[Any]:
@@ -193,6 +208,7 @@ class TextmaskCLIPSegLoader:
     RETURN_TYPES = ("CLIPSEG_MODEL",)
     RETURN_NAMES = ("clipseg_model",)
     FUNCTION = "load"
+    OUTPUT_TOOLTIPS = (_MODEL_TOOLTIP,)
     CATEGORY = "textmask/loaders"
     DESCRIPTION = (
         "Loads a CLIPSeg model from ComfyUI/models/clipseg (or the default hub id) once per process. The output "
@@ -224,11 +240,21 @@ class TextmaskCLIPSegMasking:
                 "images": ("IMAGE",),
                 "prompts": (
                     "STRING",
-                    {"default": "", "multiline": True, "tooltip": "What to mask, one prompt per line"},
+                    {
+                        "default": "",
+                        "multiline": True,
+                        "placeholder": "prompts: what to mask, one per line (e.g. a cat)",
+                        "tooltip": "prompts: what to mask, one prompt per line",
+                    },
                 ),
                 "negative_prompts": (
                     "STRING",
-                    {"default": "", "multiline": True, "tooltip": "What to remove from the mask, one per line"},
+                    {
+                        "default": "",
+                        "multiline": True,
+                        "placeholder": "negative prompts: what to remove from the mask, one per line",
+                        "tooltip": "negative_prompts: what to remove from the mask, one per line",
+                    },
                 ),
                 "combine": (COMBINE_CHOICES, {"default": "union", "tooltip": "union: any prompt; intersection: all"}),
                 "normalize": _NORMALIZE,
@@ -270,6 +296,7 @@ class TextmaskCLIPSegMasking:
 
     RETURN_TYPES = ("MASK", "IMAGE", "IMAGE")
     RETURN_NAMES = ("mask", "mask_image", "heatmap")
+    OUTPUT_TOOLTIPS = _MASKING_TOOLTIPS
     FUNCTION = "mask"
     CATEGORY = "textmask/masking"
     DESCRIPTION = (
@@ -371,6 +398,7 @@ class TextmaskCLIPSegExampleMasking:
 
     RETURN_TYPES = ("MASK", "IMAGE", "IMAGE")
     RETURN_NAMES = ("mask", "mask_image", "heatmap")
+    OUTPUT_TOOLTIPS = _MASKING_TOOLTIPS
     FUNCTION = "mask"
     CATEGORY = "textmask/masking"
     DESCRIPTION = (
@@ -485,6 +513,7 @@ class TextmaskRefineMask:
 
     RETURN_TYPES = ("MASK",)
     RETURN_NAMES = ("mask",)
+    OUTPUT_TOOLTIPS = ("The refined masks [B, H, W] in 0..1 at the images' size",)
     FUNCTION = "refine"
     CATEGORY = "textmask/masking"
     DESCRIPTION = "Moves a mask's borders onto the image's own edges, at the image's resolution."
@@ -555,7 +584,8 @@ class TextmaskMaskToInstances:
     CATEGORY = "textmask/masking"
     DESCRIPTION = (
         "One mask per object (largest first), with boxes that pair with their frames: per-frame lists for "
-        "ComfyUI's BOUNDING_BOX nodes, one box per frame for KJNodes' BBOX nodes (BboxVisualize, BboxToInt), "
+        "BOUNDING_BOX nodes (SAM3 Detect, in ComfyUI releases after v0.8.0, which has none), one box per frame for "
+        "KJNodes' BBOX nodes (BboxVisualize, BboxToInt), "
         "Impact Pack SEGS for the batch and per frame, and one box per object. A mask with no object gives one "
         "empty mask and count 0; empty frames never fail the next node."
     )
