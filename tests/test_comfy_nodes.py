@@ -95,7 +95,11 @@ def assert_matches_seed(images, text, clipseg_model, node_model="same"):
 
 # ------------------------------------------------------------------------------------ contracts
 def test_mappings_list_every_node_with_a_display_name():
-    assert set(NODE_CLASS_MAPPINGS) == {
+    from textmask.comfy import OWN_NODES
+
+    assert set(NODE_CLASS_MAPPINGS) == {*OWN_NODES, "CLIPSeg", "CombineSegMasks", "CLIPSeg Masking",
+                                        "CLIPSeg Batch Masking", "CLIPSeg Model Loader"}  # fmt: skip
+    assert set(OWN_NODES) == {
         "SaltCLIPSegMasking",
         "SaltCLIPSegLoader",
         "TextmaskCLIPSegLoader",
@@ -202,7 +206,8 @@ def test_pack_import_is_cheap_and_works_like_comfyui_loads_it():
         "spec = importlib.util.spec_from_file_location('custom_nodes_x_textmask', path)\n"
         "module = importlib.util.module_from_spec(spec); sys.modules[spec.name] = module\n"
         "spec.loader.exec_module(module)\n"
-        "assert sorted(module.NODE_CLASS_MAPPINGS) == ['SaltCLIPSegLoader', 'SaltCLIPSegMasking', "
+        "assert sorted(module.NODE_CLASS_MAPPINGS) == ['CLIPSeg', 'CLIPSeg Batch Masking', 'CLIPSeg Masking', "
+        "'CLIPSeg Model Loader', 'CombineSegMasks', 'SaltCLIPSegLoader', 'SaltCLIPSegMasking', "
         "'TextmaskCLIPSegExampleMasking', 'TextmaskCLIPSegLoader', 'TextmaskCLIPSegMasking', "
         "'TextmaskMaskToInstances', 'TextmaskRefineMask'], "
         "module.NODE_CLASS_MAPPINGS\n"

@@ -570,8 +570,7 @@ class TextmaskMaskToInstances:
     OUTPUT_TOOLTIPS = (
         "One mask per object [N, H, W]: every frame's objects in frame order, largest first (one empty mask "
         "when there is none)",
-        "Core BOUNDING_BOX: per frame a list of {x, y, width, height, score, label}; [] for a frame without "
-        "objects",
+        "Core BOUNDING_BOX: per frame a list of {x, y, width, height, score, label}; [] for a frame without objects",
         "KJNodes BBOX, one (x, y, w, h) per frame, in frame order: the frame's largest object, (0, 0, 0, 0) "
         "for an empty frame. For BboxVisualize, BboxToInt (index = frame)",
         "Impact Pack SEGS holding every frame's objects (as Impact's MASK to SEGS does for a batch)",

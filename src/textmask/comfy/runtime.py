@@ -390,6 +390,14 @@ def as_masks(mask: torch.Tensor) -> torch.Tensor:
     return mask.reshape(-1, mask.shape[-2], mask.shape[-1]).float()
 
 
+def check_mask(mask: Any, name: str) -> torch.Tensor:
+    """A MASK input: a tensor ``[H, W]`` / ``[B, H, W]``, else a clear error naming the input."""
+    if not isinstance(mask, torch.Tensor) or mask.dim() < 2:
+        shape = list(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise InputError(f"{name}: expected a MASK tensor [B, H, W], got {shape}")
+    return mask
+
+
 def first_size(images: torch.Tensor | list[torch.Tensor]) -> tuple[int, int]:
     """``(H, W)`` of the first image: the seed node's output size for the whole batch."""
     first = images[0]
