@@ -128,3 +128,27 @@ def was_batch_masks(images: list[torch.Tensor], texts: list[str], pair: tuple[An
         masks.append(_pil_to_mask(mask).unsqueeze(0).unsqueeze(1))
         mask_images.append(_pil_to_tensor(ImageOps.invert(mask.convert("RGB"))).squeeze(0))
     return batch, torch.cat(masks), torch.stack(mask_images)
+
+
+if __name__ == "__main__":  # python clipseg_packs_reference.py MODEL_DIR IMAGE OUT.npz (example workflow settings)
+    import sys
+
+    from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
+
+    folder, path, out = sys.argv[1:4]
+    pair = (CLIPSegProcessor.from_pretrained(folder), CLIPSegForImageSegmentation.from_pretrained(folder).eval())
+    picture = torch.from_numpy(np.asarray(Image.open(path).convert("RGB")).astype(np.float32) / 255.0)[None]
+    person = biegert_segment(picture, "a person", 7, 0.4, 4, pair)
+    sky = biegert_segment(picture, "the sky", 7, 0.4, 4, pair)
+    combined = biegert_combine(picture, [person[0], sky[0]])
+    was_one = was_masks(picture, "a cat", pair)
+    was_batch = was_batch_masks([picture, picture], ["a cat", "the sky"], pair)
+    detector = biegert_segment(picture, "a cat", 0.0, 0.5, 1, pair)
+    np.savez(
+        out,
+        biegert_bw=person[2].numpy(),
+        biegert_combined=combined[2].numpy(),
+        was_mask=was_one[1].numpy(),
+        was_batch=was_batch[2].numpy(),
+        detector_mask=detector[0].numpy(),
+    )
