@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
@@ -199,7 +200,7 @@ def test_the_pack_registers_its_nodes(comfyui):
     assert ours and not [line for line in ours if "IMPORT FAILED" in line], ours  # textmask's own import line
     assert "textmask: registered drop-ins for biegert's ComfyUI-CLIPSeg: CLIPSeg, CombineSegMasks" in log
     for name, cls in NODE_CLASS_MAPPINGS.items():
-        info = _request(f"{comfyui.url}/object_info/{name}")[name]
+        info = _request(f"{comfyui.url}/object_info/{urllib.parse.quote(name)}")[name]
         assert info["display_name"] == NODE_DISPLAY_NAME_MAPPINGS[name]
         assert info["category"] == cls.CATEGORY
         assert tuple(info["output"]) == cls.RETURN_TYPES and tuple(info["output_name"]) == cls.RETURN_NAMES
