@@ -143,7 +143,7 @@ if __name__ == "__main__":  # python clipseg_packs_reference.py MODEL_DIR IMAGE 
     combined = biegert_combine(picture, [person[0], sky[0]])
     was_one = was_masks(picture, "a cat", pair)
     was_batch = was_batch_masks([picture, picture], ["a cat", "the sky"], pair)
-    detector = biegert_segment(picture, "a cat", 0.0, 0.5, 1, pair)
+    detector = biegert_segment(picture, "a cat", 0.0, 0.9, 0, pair)
     np.savez(
         out,
         biegert_bw=person[2].numpy(),

@@ -63,8 +63,11 @@ def _free_port() -> int:
 def _request(url: str, body: Any = None, timeout: float = 30) -> Any:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        raw = response.read()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as error:  # say why (ComfyUI's 400 names the node and input)
+        raise AssertionError(f"{url}: HTTP {error.code}: {error.read().decode(errors='replace')[:2000]}") from None
     return json.loads(raw) if raw else None
 
 
@@ -491,7 +494,7 @@ def test_mask_to_instances_feeds_kjnodes_and_impact_frame_by_frame(comfyui):
         "13": {"class_type": "SegsToCombinedMask", "inputs": {"segs": ["7", 5]}},
         "14": {"class_type": "MaskToImage", "inputs": {"mask": ["13", 0]}},
         "15": {"class_type": "SaveImage", "inputs": {"images": ["14", 0], "filename_prefix": "textmask/perframe"}},
-        "16": {"class_type": "SEGSToMaskList", "inputs": {"segs": ["7", 3]}},
+        "16": {"class_type": "ImpactSEGSToMaskList", "inputs": {"segs": ["7", 3]}},
         "17": {"class_type": "MaskToImage", "inputs": {"mask": ["16", 0]}},
         "18": {"class_type": "SaveImage", "inputs": {"images": ["17", 0], "filename_prefix": "textmask/segs"}},
     }  # fmt: skip
@@ -507,8 +510,9 @@ def test_mask_to_instances_feeds_kjnodes_and_impact_frame_by_frame(comfyui):
             expected[y0, x0:x1] = expected[y1, x0:x1] = expected[y0:y1, x0] = expected[y0:y1, x1] = True
         assert np.array_equal(red, expected), index
         assert np.array_equal(picture[~red], frames[index][~red])
-    (crop,) = _saved_all(comfyui, entry, "12")  # BboxToInt(index=2): frame 2's box
-    assert crop.shape[:2] == (16, 20)
+    crops = _saved_all(comfyui, entry, "12")  # BboxToInt(index=2): frame 2's box, cropped from every frame
+    assert len(crops) == 3 and all(crop.shape[:2] == (16, 20) for crop in crops)
+    assert (crops[2] == 255).all()  # exactly frame 2's object
     per_frame = _saved_all(comfyui, entry, "15")  # SegsToCombinedMask once per frame
     assert len(per_frame) == 3
     for picture, frame in zip(per_frame, frames):
@@ -528,7 +532,7 @@ def test_impact_clipseg_detector_runs_on_the_clipseg_drop_in(comfyui, tiny_model
     prompt = {
         "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
         "2": {"class_type": "CLIPSegDetectorProvider",
-              "inputs": {"text": "a cat", "blur": 0.0, "threshold": 0.5, "dilation_factor": 1}},
+              "inputs": {"text": "a cat", "blur": 0.0, "threshold": 0.9, "dilation_factor": 0}},
         "3": {"class_type": "ImpactSimpleDetectorSEGS",
               "inputs": {"bbox_detector": ["2", 0], "image": ["1", 0], "bbox_threshold": 0.5, "bbox_dilation": 0,
                          "crop_factor": 3.0, "drop_size": 1, "sub_threshold": 0.5, "sub_dilation": 0,
