@@ -6,6 +6,8 @@ workflows' thumbnails for ComfyUI's Templates browser.
 
 MODEL_DIR is a CLIPSeg model folder (e.g. the random-tiny one); it is placed in a temporary base directory's
 models/clipseg as CIDAS/clipseg-rd64-refined. Writes docs/images/comfyui-*.png and example_workflows/*.jpg.
+The Templates browser is photographed first, with the thumbnails already on disk: after adding or changing a
+workflow, run it twice.
 Needs chromium and chromedriver (apt-get install chromium chromium-driver).
 """
 
