@@ -95,7 +95,11 @@ def assert_matches_seed(images, text, clipseg_model, node_model="same"):
 
 # ------------------------------------------------------------------------------------ contracts
 def test_mappings_list_every_node_with_a_display_name():
-    assert set(NODE_CLASS_MAPPINGS) == {
+    from textmask.comfy import OWN_NODES
+
+    assert set(NODE_CLASS_MAPPINGS) == {*OWN_NODES, "CLIPSeg", "CombineSegMasks", "CLIPSeg Masking",
+                                        "CLIPSeg Batch Masking", "CLIPSeg Model Loader"}  # fmt: skip
+    assert set(OWN_NODES) == {
         "SaltCLIPSegMasking",
         "SaltCLIPSegLoader",
         "TextmaskCLIPSegLoader",
@@ -202,7 +206,8 @@ def test_pack_import_is_cheap_and_works_like_comfyui_loads_it():
         "spec = importlib.util.spec_from_file_location('custom_nodes_x_textmask', path)\n"
         "module = importlib.util.module_from_spec(spec); sys.modules[spec.name] = module\n"
         "spec.loader.exec_module(module)\n"
-        "assert sorted(module.NODE_CLASS_MAPPINGS) == ['SaltCLIPSegLoader', 'SaltCLIPSegMasking', "
+        "assert sorted(module.NODE_CLASS_MAPPINGS) == ['CLIPSeg', 'CLIPSeg Batch Masking', 'CLIPSeg Masking', "
+        "'CLIPSeg Model Loader', 'CombineSegMasks', 'SaltCLIPSegLoader', 'SaltCLIPSegMasking', "
         "'TextmaskCLIPSegExampleMasking', 'TextmaskCLIPSegLoader', 'TextmaskCLIPSegMasking', "
         "'TextmaskMaskToInstances', 'TextmaskRefineMask'], "
         "module.NODE_CLASS_MAPPINGS\n"
@@ -666,18 +671,111 @@ def test_mask_to_instances_node_finds_the_blobs_with_exact_boxes():
     masks[0, 30:40, 50:55] = 0.7  # 50 px
     masks[0, 45:46, 0:3] = 0.8  # a 3 px speck
     masks[1, 20:30, 20:40] = 1.0
-    instance_masks, boxes, bboxes, segs, count = TextmaskMaskToInstances().split(masks, 0.5, 10, 0, "cat")
+    outputs = TextmaskMaskToInstances().split(masks, 0.5, 10, 0, "cat")
+    instance_masks, boxes, bboxes, segs, count, segs_per_frame, instance_bboxes = outputs
     assert count == 3 and instance_masks.shape == (3, 50, 70)
     assert boxes == [
         [{"x": 10, "y": 5, "width": 20, "height": 10, "score": pytest.approx(0.9), "label": "cat"},
          {"x": 50, "y": 30, "width": 5, "height": 10, "score": pytest.approx(0.7), "label": "cat"}],
         [{"x": 20, "y": 20, "width": 20, "height": 10, "score": pytest.approx(1.0), "label": "cat"}],
     ]  # fmt: skip
-    assert bboxes == [(10, 5, 20, 10), (50, 30, 5, 10), (20, 20, 20, 10)]
+    assert bboxes == [(10, 5, 20, 10), (20, 20, 20, 10)]  # one per frame: its largest object
+    assert instance_bboxes == [(10, 5, 20, 10), (50, 30, 5, 10), (20, 20, 20, 10)]  # one per object
     (size, seg_list) = segs
     assert size == (50, 70) and [seg.bbox for seg in seg_list] == [(10, 5, 30, 15), (50, 30, 55, 40), (20, 20, 40, 30)]
+    assert [[seg.bbox for seg in frame[1]] for frame in segs_per_frame] == [
+        [(10, 5, 30, 15), (50, 30, 55, 40)],
+        [(20, 20, 40, 30)],
+    ]
     assert torch.equal(instance_masks[0] > 0, masks[0] * (masks[0] > 0.85) > 0)  # the largest first, its own values
-    empty_masks, no_boxes, no_bboxes, _, none = TextmaskMaskToInstances().split(torch.zeros(1, 8, 8), 0.5, 0, 0)
-    assert none == 0 and empty_masks.shape == (1, 8, 8) and no_boxes == [[]] and no_bboxes == []
-    only_one, _, _, _, one = TextmaskMaskToInstances().split(masks[:1], 0.5, 10, 1)
+    empty = TextmaskMaskToInstances().split(torch.zeros(1, 8, 8), 0.5, 0, 0)
+    empty_masks, no_boxes, no_bboxes, (_, no_segs), none, no_frame_segs, no_instance_bboxes = empty
+    assert none == 0 and empty_masks.shape == (1, 8, 8) and no_boxes == [[]] and no_bboxes == [(0, 0, 0, 0)]
+    assert no_segs == [] and no_frame_segs == [((8, 8), [])] and no_instance_bboxes == []
+    only_one, _, _, _, one, _, _ = TextmaskMaskToInstances().split(masks[:1], 0.5, 10, 1)
     assert one == 1 and only_one.shape == (1, 50, 70)
+
+
+# ------------------------------------------------------------------------------- boxes and frames
+def _three_frames() -> torch.Tensor:
+    """[objects, empty, objects]: frame 0 holds a large and a small object, frame 1 none, frame 2 one."""
+    masks = torch.zeros(3, 40, 60)
+    masks[0, 4:14, 6:26] = 0.9
+    masks[0, 25:33, 40:46] = 0.8
+    masks[2, 20:36, 30:50] = 0.95
+    return masks
+
+
+def test_kjnodes_bboxes_pair_with_their_frames_and_empty_frames_draw_nothing():
+    from peer_consumers import kj_bbox_to_int, kj_bbox_visualize
+
+    from textmask.comfy.nodes import TextmaskMaskToInstances
+
+    masks = _three_frames()
+    frames = torch.full((3, 40, 60, 3), 0.5)
+    for max_instances in (0, 1):
+        _, _, bboxes, _, count, _, _ = TextmaskMaskToInstances().split(masks, 0.5, 0, max_instances)
+        assert count == (3 if max_instances == 0 else 2)
+        assert bboxes == [(6, 4, 20, 10), (0, 0, 0, 0), (30, 20, 20, 16)]
+        drawn = kj_bbox_visualize(frames, bboxes)
+        assert drawn.shape == frames.shape  # one drawn frame per input frame
+        red = (drawn[..., 0] == 1) & (drawn[..., 1] == 0)
+        for index, (x, y, w, h) in enumerate(bboxes):
+            expected = torch.zeros(40, 60, dtype=torch.bool)
+            if w:
+                expected[y, x : x + w] = expected[y + h, x : x + w] = True
+                expected[y : y + h, x] = expected[y : y + h, x + w] = True
+            assert torch.equal(red[index], expected), index  # frame i shows frame i's box, the empty frame none
+            assert kj_bbox_to_int(bboxes, index)[:4] == (x, y, w, h)
+    _, _, _, _, _, _, instance_bboxes = TextmaskMaskToInstances().split(masks[:1], 0.5, 0, 0)
+    repeated = kj_bbox_visualize(frames[:1].expand(2, -1, -1, -1), instance_bboxes)  # one frame per object
+    assert repeated.shape[0] == 2 and instance_bboxes == [(6, 4, 20, 10), (40, 25, 6, 8)]
+
+
+def test_core_boxes_are_per_frame_lists_with_an_empty_list_for_an_empty_frame():
+    from textmask.comfy.nodes import TextmaskMaskToInstances
+
+    _, boxes, _, _, _, _, _ = TextmaskMaskToInstances().split(_three_frames(), 0.5, 0, 0, "cat")
+    assert [[(b["x"], b["y"], b["width"], b["height"]) for b in frame] for frame in boxes] == [
+        [(6, 4, 20, 10), (40, 25, 6, 8)], [], [(30, 20, 20, 16)],
+    ]  # fmt: skip
+    assert {b["label"] for frame in boxes for b in frame} == {"cat"}
+
+
+def test_impact_segs_per_frame_and_for_the_batch():
+    from peer_consumers import impact_combined_mask, impact_mask_list
+
+    from textmask.comfy.nodes import TextmaskMaskToInstances
+
+    masks = _three_frames()
+    instance_masks, _, _, segs, count, segs_per_frame, _ = TextmaskMaskToInstances().split(masks, 0.5, 0, 0)
+    assert TextmaskMaskToInstances.OUTPUT_IS_LIST == (False, False, False, False, False, True, False)
+    assert len(segs_per_frame) == 3 and [len(frame[1]) for frame in segs_per_frame] == [2, 0, 1]
+    for frame, frame_segs in zip(masks, segs_per_frame):  # each frame's SEGS is that frame's mask
+        assert (impact_combined_mask(frame_segs)[0] - frame).abs().max() <= TOLERANCE
+    assert impact_combined_mask(segs_per_frame[1]).shape == (1, 40, 60)  # an empty frame: an empty mask
+    assert [m.shape for m in impact_mask_list(segs_per_frame[1])] == [(1, 40, 60)]
+    listed = torch.cat(impact_mask_list(segs))  # the batch SEGS: every instance, in instance_masks' order
+    assert count == 3 and (listed - instance_masks).abs().max() <= TOLERANCE
+    union = impact_combined_mask(segs)[0]  # Impact ORs the bytes: where frames overlap the values mix
+    assert torch.equal(union > 0, masks.amax(0) > 0.5)
+
+
+def test_min_area_is_the_only_floor():
+    from textmask.comfy.nodes import TextmaskMaskToInstances
+
+    masks = torch.zeros(1, 480, 640)
+    masks[0, 100:105, 200:205] = 0.9  # 25 px: under 0.01 % of 640×480 (31 px)
+    masks[0, 300, 300] = 0.9  # a single pixel
+    assert TextmaskMaskToInstances().split(masks, 0.5, 0, 0)[4] == 2
+    assert TextmaskMaskToInstances().split(masks, 0.5, 25, 0)[4] == 1
+    assert TextmaskMaskToInstances().split(masks, 0.5, 26, 0)[4] == 0
+    tooltip = TextmaskMaskToInstances.INPUT_TYPES()["required"]["min_area"][1]["tooltip"]
+    assert "0 keeps every object" in tooltip
+
+
+def test_every_output_has_a_tooltip():
+    for name, cls in NODE_CLASS_MAPPINGS.items():
+        tooltips = getattr(cls, "OUTPUT_TOOLTIPS", None)
+        assert tooltips is not None and len(tooltips) == len(cls.RETURN_TYPES), name
+        assert all(isinstance(text, str) and len(text) > 10 for text in tooltips), name

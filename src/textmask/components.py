@@ -38,6 +38,7 @@ __all__ = [
     "instances",
     "to_bounding_boxes",
     "to_kj_bboxes",
+    "to_kj_frame_bboxes",
     "to_segs",
     "to_xyxy_lists",
 ]
@@ -214,9 +215,31 @@ def to_bounding_boxes(found: Instances | Sequence[Instances], label: str | None 
 
 
 def to_kj_bboxes(found: Instances | Sequence[Instances]) -> list[tuple[int, int, int, int]]:
-    """KJNodes' ``BBOX`` (BboxToInt, BboxVisualize in its default ``xywh`` format, BatchCropFromMask): one flat
-    list of ``(x, y, width, height)`` int tuples over all images in order (KJNodes pairs them with the batch)."""
+    """Every object's box as KJNodes' ``BBOX`` ``(x, y, width, height)`` int tuples, one flat list over all images
+    in order: one box per *object*, so it pairs with the objects' masks (``[N, H, W]``), not with the frames.
+    For KJNodes' nodes that pair boxes with an image batch, use :func:`to_kj_frame_bboxes`."""
     return [(x0, y0, x1 - x0, y1 - y0) for item in _as_list(found) for x0, y0, x1, y1 in item.boxes.tolist()]
+
+
+EMPTY_KJ_BBOX = (0, 0, 0, 0)
+
+
+def to_kj_frame_bboxes(found: Instances | Sequence[Instances]) -> list[tuple[int, int, int, int]]:
+    """KJNodes' ``BBOX`` for an image batch: exactly one ``(x, y, width, height)`` per frame, in frame order.
+
+    KJNodes' BBOX consumers (BboxVisualize, BatchCropFromMask's companions, BboxToInt with ``index`` = frame)
+    zip the image batch with the box list, one box per frame. Each frame gets its largest object's box (the
+    objects are ordered largest first); a frame without an object gets :data:`EMPTY_KJ_BBOX` ``(0, 0, 0, 0)``,
+    which BboxVisualize draws as nothing and BboxToInt reads as zeros, so the boxes after it stay on their
+    frames and nothing downstream fails on an empty list."""
+    frames = []
+    for item in _as_list(found):
+        if len(item):
+            x0, y0, x1, y1 = item.boxes[0].tolist()
+            frames.append((x0, y0, x1 - x0, y1 - y0))
+        else:
+            frames.append(EMPTY_KJ_BBOX)
+    return frames
 
 
 def to_xyxy_lists(found: Instances | Sequence[Instances]) -> list[list[list[float]]]:

@@ -77,6 +77,16 @@ _INVERT_EXAMPLE_MASK = (
 )
 
 
+_MODEL_TOOLTIP = (
+    "A CLIPSeg (processor, model) pair: for textmask's masking nodes, and SaltAI's and WAS Node Suite's too"
+)
+_MASKING_TOOLTIPS = (
+    "Masks [B, H, W] in 0..1 at the first image's size, after threshold, grow/shrink, blur and invert",
+    "The masks as black-and-white images [B, H, W, 3]",
+    "A heat-map of each mask over its image [B, H, W, 3] (a preview)",
+)
+
+
 class SaltCLIPSegMasking:
     """Drop-in for SaltAI's "Batch Image CLIPSeg Masking": same contract, same masks (within 1/255).
 
@@ -98,6 +108,10 @@ class SaltCLIPSegMasking:
 
     RETURN_TYPES = ("MASK", "IMAGE")
     RETURN_NAMES = ("masks", "mask_images")
+    OUTPUT_TOOLTIPS = (
+        "Masks [B, H, W] in 0..1 at the first image's size, normalized as SaltAI's node does ((p - min) / max)",
+        "The masks as black-and-white images [B, H, W, 3]",
+    )
     FUNCTION = "CLIPSeg_image"
     CATEGORY = "SALT/Masking"
 
@@ -132,6 +146,7 @@ class SaltCLIPSegLoader:
     RETURN_TYPES = ("CLIPSEG_MODEL",)
     RETURN_NAMES = ("clipseg_model",)
     FUNCTION = "clipseg_model"
+    OUTPUT_TOOLTIPS = (_MODEL_TOOLTIP,)
     CATEGORY = "SALT/Loaders"
 
     def clipseg_model(self, model: str) -> tuple[Any]:
@@ -193,6 +208,7 @@ class TextmaskCLIPSegLoader:
     RETURN_TYPES = ("CLIPSEG_MODEL",)
     RETURN_NAMES = ("clipseg_model",)
     FUNCTION = "load"
+    OUTPUT_TOOLTIPS = (_MODEL_TOOLTIP,)
     CATEGORY = "textmask/loaders"
     DESCRIPTION = (
         "Loads a CLIPSeg model from ComfyUI/models/clipseg (or the default hub id) once per process. The output "
@@ -224,11 +240,21 @@ class TextmaskCLIPSegMasking:
                 "images": ("IMAGE",),
                 "prompts": (
                     "STRING",
-                    {"default": "", "multiline": True, "tooltip": "What to mask, one prompt per line"},
+                    {
+                        "default": "",
+                        "multiline": True,
+                        "placeholder": "prompts: what to mask, one per line (e.g. a cat)",
+                        "tooltip": "prompts: what to mask, one prompt per line",
+                    },
                 ),
                 "negative_prompts": (
                     "STRING",
-                    {"default": "", "multiline": True, "tooltip": "What to remove from the mask, one per line"},
+                    {
+                        "default": "",
+                        "multiline": True,
+                        "placeholder": "negative prompts: what to remove from the mask, one per line",
+                        "tooltip": "negative_prompts: what to remove from the mask, one per line",
+                    },
                 ),
                 "combine": (COMBINE_CHOICES, {"default": "union", "tooltip": "union: any prompt; intersection: all"}),
                 "normalize": _NORMALIZE,
@@ -270,6 +296,7 @@ class TextmaskCLIPSegMasking:
 
     RETURN_TYPES = ("MASK", "IMAGE", "IMAGE")
     RETURN_NAMES = ("mask", "mask_image", "heatmap")
+    OUTPUT_TOOLTIPS = _MASKING_TOOLTIPS
     FUNCTION = "mask"
     CATEGORY = "textmask/masking"
     DESCRIPTION = (
@@ -371,6 +398,7 @@ class TextmaskCLIPSegExampleMasking:
 
     RETURN_TYPES = ("MASK", "IMAGE", "IMAGE")
     RETURN_NAMES = ("mask", "mask_image", "heatmap")
+    OUTPUT_TOOLTIPS = _MASKING_TOOLTIPS
     FUNCTION = "mask"
     CATEGORY = "textmask/masking"
     DESCRIPTION = (
@@ -485,6 +513,7 @@ class TextmaskRefineMask:
 
     RETURN_TYPES = ("MASK",)
     RETURN_NAMES = ("mask",)
+    OUTPUT_TOOLTIPS = ("The refined masks [B, H, W] in 0..1 at the images' size",)
     FUNCTION = "refine"
     CATEGORY = "textmask/masking"
     DESCRIPTION = "Moves a mask's borders onto the image's own edges, at the image's resolution."
@@ -500,8 +529,9 @@ class TextmaskRefineMask:
 class TextmaskMaskToInstances:
     """Split masks into their objects (connected regions above a threshold), largest first, with boxes.
 
-    The boxes come in the forms other nodes take: ComfyUI's ``BOUNDING_BOX`` (SAM 3 Detect, Draw BBoxes),
-    KJNodes' ``BBOX`` (x, y, width, height), and Impact Pack's ``SEGS`` (detailers).
+    Every box output pairs with what it is wired to (docs/comfyui.md, "Boxes and frames"): KJNodes' ``BBOX``
+    one box per frame, core ``BOUNDING_BOX`` a list per frame, Impact's ``SEGS`` for the batch and per frame,
+    and one box per object to go with the instance masks.
     """
 
     @classmethod
@@ -520,7 +550,8 @@ class TextmaskMaskToInstances:
                         "min": 0,
                         "max": 1 << 24,
                         "step": 1,
-                        "tooltip": "Drop objects under this many pixels",
+                        "tooltip": "Drop objects under this many pixels; 0 keeps every object, single pixels too "
+                        "(no other size floor applies)",
                     },
                 ),
                 "max_instances": (
@@ -533,20 +564,36 @@ class TextmaskMaskToInstances:
             },
         }
 
-    RETURN_TYPES = ("MASK", "BOUNDING_BOX", "BBOX", "SEGS", "INT")
-    RETURN_NAMES = ("instance_masks", "boxes", "bboxes", "segs", "count")
+    RETURN_TYPES = ("MASK", "BOUNDING_BOX", "BBOX", "SEGS", "INT", "SEGS", "BBOX")
+    RETURN_NAMES = ("instance_masks", "boxes", "bboxes", "segs", "count", "segs_per_frame", "instance_bboxes")
+    OUTPUT_IS_LIST = (False, False, False, False, False, True, False)
+    OUTPUT_TOOLTIPS = (
+        "One mask per object [N, H, W]: every frame's objects in frame order, largest first (one empty mask "
+        "when there is none)",
+        "Core BOUNDING_BOX: per frame a list of {x, y, width, height, score, label}; [] for a frame without objects",
+        "KJNodes BBOX, one (x, y, w, h) per frame, in frame order: the frame's largest object, (0, 0, 0, 0) "
+        "for an empty frame. For BboxVisualize, BboxToInt (index = frame)",
+        "Impact Pack SEGS holding every frame's objects (as Impact's MASK to SEGS does for a batch)",
+        "The number of objects (N), all frames together",
+        "A list with one Impact SEGS per frame (an empty SEGS for a frame without objects): nodes after it run "
+        "once per frame",
+        "KJNodes BBOX, one (x, y, w, h) per object, pairing with instance_masks",
+    )
     FUNCTION = "split"
     CATEGORY = "textmask/masking"
     DESCRIPTION = (
-        "One mask per object (largest first), with boxes for SAM 3 / Draw BBoxes (BOUNDING_BOX), KJNodes (BBOX) "
-        "and Impact Pack detailers (SEGS). A mask with no object gives one empty mask and count 0."
+        "One mask per object (largest first), with boxes that pair with their frames: per-frame lists for "
+        "BOUNDING_BOX nodes (SAM3 Detect, in ComfyUI releases after v0.8.0, which has none), one box per frame for "
+        "KJNodes' BBOX nodes (BboxVisualize, BboxToInt), "
+        "Impact Pack SEGS for the batch and per frame, and one box per object. A mask with no object gives one "
+        "empty mask and count 0; empty frames never fail the next node."
     )
 
     def split(
         self, masks: Any, threshold: float = 0.5, min_area: int = 64, max_instances: int = 0, label: str = "textmask"
-    ) -> tuple[Any, Any, Any, Any, int]:
-        """MASK ``[B, H, W]`` → instance MASK ``[N, H, W]`` (every image's objects in order), per-image boxes,
-        KJNodes boxes, SEGS and the object count N."""
+    ) -> tuple[Any, Any, Any, Any, int, Any, Any]:
+        """MASK ``[B, H, W]`` → instance MASK ``[N, H, W]``, per-frame boxes, one KJNodes box per frame, SEGS of the
+        batch, the object count N, one SEGS per frame (a list) and one KJNodes box per object."""
         from . import runtime
 
         return runtime.mask_instances(masks, float(threshold), int(min_area), int(max_instances), str(label))

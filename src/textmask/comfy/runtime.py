@@ -390,6 +390,14 @@ def as_masks(mask: torch.Tensor) -> torch.Tensor:
     return mask.reshape(-1, mask.shape[-2], mask.shape[-1]).float()
 
 
+def check_mask(mask: Any, name: str) -> torch.Tensor:
+    """A MASK input: a tensor ``[H, W]`` / ``[B, H, W]``, else a clear error naming the input."""
+    if not isinstance(mask, torch.Tensor) or mask.dim() < 2:
+        shape = list(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise InputError(f"{name}: expected a MASK tensor [B, H, W], got {shape}")
+    return mask
+
+
 def first_size(images: torch.Tensor | list[torch.Tensor]) -> tuple[int, int]:
     """``(H, W)`` of the first image: the seed node's output size for the whole batch."""
     first = images[0]
@@ -539,24 +547,55 @@ def refine_masks(images: Any, masks: Any, **settings: Any) -> torch.Tensor:
 
 def mask_instances(
     masks: Any, threshold: float, min_area: int, max_instances: int, label: str
-) -> tuple[torch.Tensor, list[Any], list[Any], Any, int]:
-    """The Mask to Instances node: MASK ``[B, H, W]`` → (instance masks ``[N, H, W]`` (one empty mask when
-    N = 0), ComfyUI ``BOUNDING_BOX`` per image, KJNodes ``BBOX``, Impact ``SEGS`` of all images, N)."""
-    from ..components import instances, to_bounding_boxes, to_kj_bboxes, to_segs
+) -> tuple[torch.Tensor, list[Any], list[Any], Any, int, list[Any], list[Any]]:
+    """The Mask to Instances node: MASK ``[B, H, W]`` → its outputs (see :func:`instance_outputs`).
+
+    ``min_area`` is the only size floor: 0 keeps every object, single pixels too."""
+    from ..components import instances
 
     if not isinstance(masks, torch.Tensor):
         raise InputError(f"masks: expected a MASK tensor [B, H, W], got {type(masks).__name__}")
     values = as_masks(masks).clamp(0, 1)
-    found = instances(values, threshold=threshold, min_area=min_area, max_instances=max_instances or None)
+    found = instances(
+        values, threshold=threshold, min_area=min_area, min_fraction=0.0, max_instances=max_instances or None
+    )
+    return instance_outputs(found, (int(values.shape[-2]), int(values.shape[-1])), label)
+
+
+def instance_outputs(
+    found: list[Any], size: tuple[int, int], label: str
+) -> tuple[torch.Tensor, list[Any], list[Any], Any, int, list[Any], list[Any]]:
+    """One :class:`textmask.components.Instances` per frame → Mask to Instances' outputs, each in the convention
+    of the nodes it feeds (docs/comfyui.md, "Boxes and frames"):
+
+    * ``instance_masks`` ``[N, H, W]``: every frame's objects in frame order, largest first (one empty mask
+      when N = 0);
+    * ``boxes``, core ``BOUNDING_BOX``: per frame a list of ``{"x", "y", "width", "height", "score", "label"}``,
+      ``[]`` for a frame without objects (as SAM3 Detect outputs them);
+    * ``bboxes``, KJNodes ``BBOX``: one ``(x, y, w, h)`` per frame, the largest object, ``(0, 0, 0, 0)`` for an
+      empty frame;
+    * ``segs``: one Impact ``SEGS`` holding every frame's objects (as Impact's MASK to SEGS does for a batch);
+    * ``count``: N;
+    * ``segs_per_frame``: a list output, one ``SEGS`` per frame (``((H, W), [])`` for an empty frame);
+    * ``instance_bboxes``, KJNodes ``BBOX``: one ``(x, y, w, h)`` per object, pairing with ``instance_masks``.
+    """
+    from ..components import to_bounding_boxes, to_kj_bboxes, to_kj_frame_bboxes, to_segs
+
+    height, width = size
     stacked = [item.masks for item in found if len(item)]
-    height, width = values.shape[-2:]
     instance_masks = torch.cat(stacked) if stacked else torch.zeros((1, height, width))
-    segs: list[Any] = []
-    for item in found:
-        segs.extend(to_segs(item, label=label)[1])
+    per_frame = [to_segs(item, label=label) for item in found]
+    segs = ((int(height), int(width)), [seg for _, frame in per_frame for seg in frame])
     count = sum(len(item) for item in found)
-    boxes, bboxes = to_bounding_boxes(found, label=label), to_kj_bboxes(found)
-    return instance_masks.to(output_device()), boxes, bboxes, ((int(height), int(width)), segs), count
+    return (
+        instance_masks.to(output_device()),
+        to_bounding_boxes(found, label=label),
+        to_kj_frame_bboxes(found),
+        segs,
+        count,
+        per_frame,
+        to_kj_bboxes(found),
+    )
 
 
 __all__ = [
