@@ -43,6 +43,7 @@ NUMERICS_FILES = {
     "test_model.py", "test_visual_prompts.py", "test_refine.py", "test_detail.py", "test_postprocess.py",
     "test_resize.py", "test_comfy_nodes.py", "test_video.py", "test_properties.py", "test_instances.py",
     "test_heatmap.py", "test_session_from_hf.py", "test_matte.py", "test_tracking.py", "test_precision.py",
+    "test_compat.py",
 }  # fmt: skip
 
 
