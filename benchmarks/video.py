@@ -88,7 +88,7 @@ class Video:
 def _sprite(rng: np.random.Generator, size: int, photo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     quality = _quality()
     radius = rng.uniform(0.085, 0.14) * size
-    side = int(math.ceil(2 * radius)) + 2
+    side = math.ceil(2 * radius) + 2
     c = 0.5
     if rng.random() < 0.6:
         ratio = rng.uniform(0.6, 1.0)
@@ -199,9 +199,7 @@ def warp_truth(values: torch.Tensor, labels: torch.Tensor, shifts: torch.Tensor)
     src_y = (ys - motion[..., 0]).clamp(0, height - 1)
     src_x = (xs - motion[..., 1]).clamp(0, width - 1)
     previous = values[:-1]
-    return previous.reshape(frames - 1, -1).gather(1, (src_y * width + src_x).reshape(frames - 1, -1)).view_as(
-        previous
-    )
+    return previous.reshape(frames - 1, -1).gather(1, (src_y * width + src_x).reshape(frames - 1, -1)).view_as(previous)
 
 
 def flicker(pred: torch.Tensor, video: Video) -> float:

@@ -102,7 +102,12 @@ class Stabilizer:
             raise ValueError(f"photometric: must be > 0 grey levels, got {photometric}")
         if preset not in ("ultrafast", "fast", "medium"):
             raise ValueError(f"preset: {preset!r} is not one of ('ultrafast', 'fast', 'medium')")
-        self.flow_size, self.novelty, self.photometric, self.preset = int(flow_size), float(novelty), float(photometric), preset
+        self.flow_size, self.novelty, self.photometric, self.preset = (
+            int(flow_size),
+            float(novelty),
+            float(photometric),
+            preset,
+        )
         self._flow: Any = None
         self._grey: np.ndarray | None = None  # previous frame, grey uint8 at the flow size
         self._out: torch.Tensor | None = None  # previous result [..., H, W]

@@ -167,7 +167,9 @@ class Tracker:
         if not 0.0 <= float(threshold) < 1.0:
             raise ValueError(f"threshold: must be in [0, 1), got {threshold}")
         if int(min_area) < 0 or not 0.0 <= float(min_fraction) <= 1.0:
-            raise ValueError(f"min_area / min_fraction: must be ≥ 0 pixels and in [0, 1], got {min_area}, {min_fraction}")
+            raise ValueError(
+                f"min_area / min_fraction: must be ≥ 0 pixels and in [0, 1], got {min_area}, {min_fraction}"
+            )
         if int(window) < 0:
             raise ValueError(f"window: must be ≥ 0 frames, got {window}")
         for name, value in (("claim", claim), ("merge_ratio", merge_ratio), ("momentum", momentum)):
@@ -210,7 +212,9 @@ class Tracker:
         if self.size is None:
             self.size = (height, width)
         elif self.size != (height, width):
-            raise InputError(f"masks: frames of {[height, width]} after frames of {list(self.size)}; one size per video")
+            raise InputError(
+                f"masks: frames of {[height, width]} after frames of {list(self.size)}; one size per video"
+            )
         frames = None
         if images is not None and self.appearance is not None:
             frames = as_frames(images, count, (height, width)).numpy()
@@ -395,10 +399,14 @@ class Tracker:
             px = np.array([tr.cx + tr.vx * g for tr, g in zip(live, gaps)])
             size = np.sqrt(np.array([tr.area for tr in live], dtype=np.float64))
             sigma = 0.5 * size * (1.0 + 0.05 * gaps)
-            distance2 = (py[:, None] - stats["cy"][present][None]) ** 2 + (px[:, None] - stats["cx"][present][None]) ** 2
+            distance2 = (py[:, None] - stats["cy"][present][None]) ** 2 + (
+                px[:, None] - stats["cx"][present][None]
+            ) ** 2
             near = np.exp(-distance2 / (2 * sigma[:, None] ** 2))
             track_area = np.array([tr.area for tr in live], dtype=np.float64)[:, None]
-            likeness = np.sqrt(np.minimum(track_area, areas[present][None]) / np.maximum(track_area, areas[present][None]))
+            likeness = np.sqrt(
+                np.minimum(track_area, areas[present][None]) / np.maximum(track_area, areas[present][None])
+            )
             scores = np.where(lost[:, None], np.maximum(scores, 0.5 * near * likeness), scores)
         if "colour" in stats and self.appearance is not None:
             colours = np.stack([tr.colour if tr.colour is not None else np.full(3, np.nan) for tr in live])
