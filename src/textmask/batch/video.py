@@ -18,8 +18,9 @@ instances ``<key>.<slug>.tracks.json`` + per track id:       the same JSON + ``<
 video (black where the object is absent) and the JSON lists, per frame, each object's id, box, score and area
 (and its COCO RLE with ``rle``).
 
-Every output is written under a temporary name and renamed when the whole video is done. Audio is not copied. The masks come from a ``frames → masks`` callable (the engine's :meth:`textmask.Segmenter.stream`,
-which also applies temporal smoothing), so this module knows nothing of models or prompts.
+Every output is written under a temporary name and renamed when the whole video is done. Audio is not copied.
+The masks come from a ``frames → masks`` callable (the engine's :meth:`textmask.Segmenter.stream`, which also
+applies temporal smoothing or stabilization), so this module knows nothing of models or prompts.
 
 PyAV is imported only when a video is opened (``pip install 'textmask[video]'``); torch when frames are read.
 """
