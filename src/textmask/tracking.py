@@ -144,6 +144,8 @@ class Tracker:
             detection to a track.
         appearance: with images, the width (RGB in [0, 1]) of the colour term that multiplies the score;
             None ignores the images.
+        fragment: an unmatched piece smaller than this fraction of the detection a track matched, lying mostly
+            inside the track's prediction, joins that detection; a larger one is a new object.
         motion: predict with constant velocity (False: where the object was last seen).
         split: split blobs claimed by several tracks (False: a blob is one object).
 
@@ -161,6 +163,7 @@ class Tracker:
         momentum: float = 0.5,
         min_score: float = 0.1,
         appearance: float | None = 0.25,
+        fragment: float = 0.3,
         motion: bool = True,
         split: bool = True,
     ) -> None:
@@ -183,7 +186,7 @@ class Tracker:
         self.window, self.claim, self.merge_ratio = int(window), float(claim), float(merge_ratio)
         self.momentum, self.min_score = float(momentum), float(min_score)
         self.appearance = None if appearance is None else float(appearance)
-        self.motion, self.split = bool(motion), bool(split)
+        self.motion, self.split, self.fragment = bool(motion), bool(split), float(fragment)
         self.frame = 0  # frames seen so far
         self.size: tuple[int, int] | None = None
         self._tracks: list[_Track] = []
@@ -260,13 +263,15 @@ class Tracker:
             for r, c in zip(rows, cols):
                 if scores[r, c] >= self.min_score:
                     matched[int(present[c])] = int(r)
-        # Fragments: an unmatched piece lying mostly inside a matched track's prediction joins it.
+        # Fragments: a small unmatched piece lying mostly inside a matched track's prediction joins it (the
+        # object broke up); a large one is another object coming apart from it, and starts its own track.
         owner_of = {k: label for label, k in matched.items()}
         for label in present:
             if int(label) in matched or not len(live):
                 continue
             k = int(np.argmax(overlap[:, label]))
-            if k in owner_of and overlap[k, label] >= 0.5 * areas[label]:
+            small = k in owner_of and areas[label] < self.fragment * areas[owner_of[k]]
+            if small and overlap[k, label] >= 0.5 * areas[label]:
                 labels[labels == label] = owner_of[k]
                 areas[owner_of[k]] += areas[label]
                 areas[label] = 0
