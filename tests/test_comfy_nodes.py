@@ -7,6 +7,7 @@ ComfyUI is exercised by tests/test_comfy_integration.py.
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import subprocess
 import sys
@@ -107,6 +108,7 @@ def test_mappings_list_every_node_with_a_display_name():
         "TextmaskCLIPSegExampleMasking",
         "TextmaskRefineMask",
         "TextmaskMaskToInstances",
+        "TextmaskTrackMasks",
     }
     assert set(NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_CLASS_MAPPINGS)
     for name, cls in NODE_CLASS_MAPPINGS.items():
@@ -164,7 +166,7 @@ def test_our_nodes_declare_the_promised_inputs_and_outputs():
     # newer inputs come after the older optional widgets, so saved workflows keep their widget values
     assert list(masking["optional"]) == [
         "clipseg_model", "overlay_alpha", "example", "example_mask", "invert_example_mask", "example_mode",
-        "example_weight", "detail", "temporal_smoothing", "refine",
+        "example_weight", "detail", "temporal_smoothing", "refine", "stabilize",
     ]  # fmt: skip
     assert masking["optional"]["example"][0] == "IMAGE" and masking["optional"]["example_mask"][0] == "MASK"
     assert masking["optional"]["example_mode"][0] == ["separate", "blend"]
@@ -209,7 +211,7 @@ def test_pack_import_is_cheap_and_works_like_comfyui_loads_it():
         "assert sorted(module.NODE_CLASS_MAPPINGS) == ['CLIPSeg', 'CLIPSeg Batch Masking', 'CLIPSeg Masking', "
         "'CLIPSeg Model Loader', 'CombineSegMasks', 'SaltCLIPSegLoader', 'SaltCLIPSegMasking', "
         "'TextmaskCLIPSegExampleMasking', 'TextmaskCLIPSegLoader', 'TextmaskCLIPSegMasking', "
-        "'TextmaskMaskToInstances', 'TextmaskRefineMask'], "
+        "'TextmaskMaskToInstances', 'TextmaskRefineMask', 'TextmaskTrackMasks'], "
         "module.NODE_CLASS_MAPPINGS\n"
         "heavy = [m for m in ('torch', 'transformers', 'numpy', 'PIL') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
@@ -498,6 +500,11 @@ def test_advanced_node_detail_and_temporal_smoothing_are_the_engine(soft_pair):
     assert torch.equal(smoothed, stream(frames)[:, 0])
     plain, _, _ = node.mask(frames, "a cat", threshold=0.5, batch_size=2, clipseg_model=soft_pair, **common)
     assert not torch.equal(smoothed, plain)
+    pytest.importorskip("cv2")
+    steady, _, _ = node.mask(frames, "a cat", threshold=0.5, batch_size=2, clipseg_model=soft_pair, stabilize=0.7,
+                             **common)  # fmt: skip
+    stream = session.stream([["a cat"]], stabilize=0.7, threshold=0.5, batch_size=2)
+    assert torch.equal(steady, stream(frames)[:, 0])
     assert TextmaskCLIPSegMasking.INPUT_TYPES()["optional"]["detail"][1]["default"] == "off"
 
 
@@ -779,3 +786,53 @@ def test_every_output_has_a_tooltip():
         tooltips = getattr(cls, "OUTPUT_TOOLTIPS", None)
         assert tooltips is not None and len(tooltips) == len(cls.RETURN_TYPES), name
         assert all(isinstance(text, str) and len(text) > 10 for text in tooltips), name
+
+
+# ---------------------------------------------------------------------------------------------- video tracking
+def _crossing_discs(frames: int = 20, height: int = 60, width: int = 96) -> torch.Tensor:
+    """Two discs crossing (one blob while they overlap): ``[T, H, W]``."""
+    yy, xx = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    masks = torch.zeros(frames, height, width)
+    for t in range(frames):
+        left = ((yy - 26) ** 2 + (xx - (10 + 4 * t)) ** 2 <= 100).float()
+        right = ((yy - 34) ** 2 + (xx - (86 - 4 * t)) ** 2 <= 100).float()
+        masks[t] = torch.maximum(left, right) * 0.9
+    return masks
+
+
+def test_track_masks_node_gives_one_batch_per_track_with_ids():
+    from textmask.comfy.nodes import TextmaskTrackMasks
+
+    masks = _crossing_discs()
+    images = torch.rand(masks.shape[0], *masks.shape[1:], 3, generator=torch.Generator().manual_seed(0))
+    tracks, boxes, bboxes, described, count = TextmaskTrackMasks().track(images, masks, 0.5, 10, 30, "ball")
+    assert count == 2 and len(tracks) == 2 and TextmaskTrackMasks.OUTPUT_IS_LIST[0] is True
+    assert all(t.shape == masks.shape for t in tracks)
+    # id 1 starts on the left and ends on the right: it kept its id through the crossing
+    first, last = tracks[0][0], tracks[0][-1]
+    assert torch.nonzero(first)[:, 1].float().mean() < 20 and torch.nonzero(last)[:, 1].float().mean() > 76
+    assert [[b["label"] for b in frame] for frame in boxes] == [["ball #1", "ball #2"]] * masks.shape[0]
+    assert len(bboxes) == masks.shape[0]  # one KJNodes box per frame (its largest object), pairing with the frames
+    parsed = json.loads(described)
+    assert parsed["ids"] == [1, 2] and len(parsed["frames"]) == masks.shape[0]
+    with pytest.raises(InputError, match="images"):
+        TextmaskTrackMasks().track(images[:3], masks, 0.5, 10, 30)
+
+
+def test_mask_to_instances_track_gives_a_stable_count_and_order():
+    from textmask.comfy.nodes import TextmaskMaskToInstances
+
+    masks = _crossing_discs()
+    masks[12:, :, :] *= (torch.arange(96) < 60).float()  # the disc going right leaves at x = 60
+    outputs = TextmaskMaskToInstances().split(masks, 0.5, 10, 0, "ball", track=True)
+    stacked, boxes, frame_bboxes, _, count, segs_per_frame, instance_bboxes = outputs
+    assert count == 2 and stacked.shape == (masks.shape[0] * 2, *masks.shape[1:])
+    # Every box output pairs as without tracking: one KJNodes box and one SEGS per frame, one box per instance mask.
+    assert len(frame_bboxes) == len(segs_per_frame) == masks.shape[0] and len(instance_bboxes) == stacked.shape[0]
+    assert instance_bboxes[-2] == (0, 0, 0, 0) and instance_bboxes[-1] != (0, 0, 0, 0)  # id 1 absent at the end
+    per_frame = stacked.reshape(masks.shape[0], 2, *masks.shape[1:])
+    assert per_frame[0, 0].sum() > 0 and per_frame[-1, 0].sum() == 0  # id 1 gone at the end: an empty mask
+    assert per_frame[-1, 1].sum() > 0
+    assert [b["label"] for b in boxes[-1]] == ["ball #2"]
+    plain = TextmaskMaskToInstances().split(masks, 0.5, 10, 0, "ball")
+    assert plain[4] != count  # without tracking: every frame's objects, one after another

@@ -63,6 +63,8 @@ class Instances:
         scores: ``[K]`` float32: mean input probability inside each object.
         areas: ``[K]`` int64: pixels in each object.
         labels: ``[H, W]`` int64: ``k + 1`` on the pixels of object ``k``, 0 elsewhere (dropped specks too).
+        ids: ``[K]`` int64: each object's id. :func:`textmask.track` gives ids that name the same object in every
+            frame of a video; otherwise (the default) they are ``1..K``, the objects' order in this mask.
     """
 
     masks: torch.Tensor
@@ -70,6 +72,11 @@ class Instances:
     scores: torch.Tensor
     areas: torch.Tensor
     labels: torch.Tensor
+    ids: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.ids is None:
+            self.ids = torch.arange(1, int(self.boxes.shape[0]) + 1, dtype=torch.int64, device=self.boxes.device)
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])

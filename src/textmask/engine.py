@@ -650,6 +650,7 @@ class Segmenter:
         options: MaskOptions | None = None,
         smoothing: float = 0.0,
         batch_size: int | None = None,
+        stabilize: float = 0.0,
         **option_overrides: Any,
     ) -> MaskStream:
         """A callable for consecutive frames of one video: ``stream(frames [B, H, W, C]) → [B, T, H, W]``.
@@ -662,10 +663,20 @@ class Segmenter:
             targets, negative_prompts, options, option_overrides: as for :meth:`mask` (with ``targets``).
             smoothing: temporal smoothing strength in [0, 1); 0 is off.
             batch_size: frames per forward pass.
+            stabilize: motion-following temporal consistency (:func:`textmask.stabilize`) in [0, 1): the most
+                each pixel keeps of the previous frame's maps warped along the optical flow; 0 is off. Not
+                with ``smoothing``. Needs opencv-python-headless.
         """
+        from .stabilization import Stabilizer, check_strength
+
         options = MaskOptions.from_kwargs(options, **option_overrides)
+        stabilizer = Stabilizer(check_strength(stabilize)) if stabilize else None
+        if stabilizer is not None and smoothing:
+            raise ValueError("stream(): give smoothing or stabilize, not both")
         plan, embeddings = self._plan(None, targets, negative_prompts, options)
-        return MaskStream(self, plan, embeddings, options, check_smoothing(smoothing), batch_size)
+        stream = MaskStream(self, plan, embeddings, options, check_smoothing(smoothing), batch_size)
+        stream.stabilizer = stabilizer
+        return stream
 
     def _plan(
         self,
@@ -1041,6 +1052,7 @@ class MaskStream:
         self.session, self.plan, self.embeddings, self.options = session, plan, embeddings, options
         self.smoothing, self.batch_size = smoothing, batch_size
         self._state: torch.Tensor | None = None
+        self.stabilizer: Any = None  # a textmask.Stabilizer, applied to the maps after smoothing
 
     def __call__(
         self,
@@ -1069,6 +1081,8 @@ class MaskStream:
             maps = torch.stack(maps)
         if self.smoothing:
             maps, self._state = smooth_temporal(maps, self.smoothing, self._state)
+        if self.stabilizer is not None:  # along the flow of the frames, per prompt
+            maps = self.stabilizer.step_levels(torch.stack(as_image_batch(frames).levels(0, maps.shape[0])), maps)
         refine = None
         if self.options.refine is not None:  # guided by each frame, at the masks' size
             levels = as_image_batch(frames).levels(0, maps.shape[0])
