@@ -18,6 +18,7 @@ the database stay there too, so the checkout is never touched.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -414,7 +415,8 @@ def test_the_templates_browser_lists_the_example_workflows(comfyui):
         workflow = _request(f"{comfyui.url}/api/workflow_templates/textmask/{name}.json")
         assert workflow["nodes"] and workflow["links"] is not None  # UI format, not API format
         with urllib.request.urlopen(f"{comfyui.url}/api/workflow_templates/textmask/{name}.jpg", timeout=30) as answer:
-            assert answer.headers["Content-Type"] == "image/jpeg" and len(answer.read()) > 1000
+            assert answer.headers["Content-Type"] == "image/jpeg" and 1000 < len(data := answer.read()) < 100_000
+        assert Image.open(io.BytesIO(data)).size == (512, 512)  # square, like the browser's cards
 
 
 # --------------------------------------------------------------------- saved workflows of other packs
