@@ -201,8 +201,9 @@ def _fusion(image: torch.Tensor, fg: torch.Tensor, bg: torch.Tensor, alpha: torc
     """One blur-fusion step (Forte & Pitié 2021): ``(F, blurred B)``, all ``[N, C, h, w]``."""
     sums = _box(torch.cat([fg * alpha, bg * (1 - alpha), alpha], 1), radius, radius)
     blurred_alpha = sums[:, 6:]
-    blurred_fg = sums[:, :3] / (blurred_alpha + 1e-5)
-    blurred_bg = sums[:, 3:6] / ((1 - blurred_alpha) + 1e-5)
+    # Where no foreground (background) is near, the estimate falls back to the colours passed in.
+    blurred_fg = (sums[:, :3] + 1e-5 * fg) / (blurred_alpha + 1e-5)
+    blurred_bg = (sums[:, 3:6] + 1e-5 * bg) / ((1 - blurred_alpha) + 1e-5)
     estimate = blurred_fg + alpha * (image - alpha * blurred_fg - (1 - alpha) * blurred_bg)
     return estimate.clamp_(0, 1), blurred_bg
 
@@ -259,6 +260,17 @@ def _image_levels(images: Any) -> tuple[torch.Tensor, bool]:
     return torch.stack(levels), batch.batched
 
 
+def _colours(images: Any, levels: torch.Tensor) -> torch.Tensor:
+    """``[B, 3, H, W]`` float colours: a float RGB tensor or array as given (no 8-bit rounding), else levels / 255."""
+    if isinstance(images, np.ndarray) and images.dtype.kind == "f":
+        images = torch.from_numpy(np.ascontiguousarray(images))
+    if isinstance(images, torch.Tensor) and images.is_floating_point() and images.shape[-1] == 3:
+        colours = images if images.dim() == 4 else images[None]
+        if tuple(colours.shape[1:3]) == tuple(levels.shape[-2:]):
+            return colours.permute(0, 3, 1, 2).to(torch.float32).clamp(0, 1)
+    return levels.to(torch.float32) / 255.0
+
+
 def _pair(images: Any, masks: Any, mask_name: str) -> tuple[torch.Tensor, torch.Tensor, bool]:
     levels, batched = _image_levels(images)
     mask_batch = _mask_batch(masks, mask_name)
@@ -283,23 +295,32 @@ def _chunks(count: int, height: int, width: int) -> range:
 
 # ------------------------------------------------------------------------------------------ public
 def matte_levels(
-    levels: torch.Tensor, masks: torch.Tensor, grid: int | tuple[int, int] = CLIPSEG_GRID, colours: bool = True
+    levels: torch.Tensor,
+    masks: torch.Tensor,
+    grid: int | tuple[int, int] = CLIPSEG_GRID,
+    colours: bool | torch.Tensor = True,
 ) -> Matte:
     """:func:`matte` without input conversion (the engine's entry): ``levels [B, 3, H, W]`` uint8 and
-    ``masks [B, H, W]`` float in [0, 1] at the same size. ``colours=False`` skips the foreground (then
+    ``masks [B, H, W]`` float in [0, 1] at the same size. ``colours``: True (foreground from the levels), a
+    float ``[B or 1, 3, H, W]`` tensor of the image's exact colours, or False (no foreground: then
     ``foreground`` is an empty tensor)."""
     grid = (grid, grid) if isinstance(grid, int) else tuple(grid)
     masks = masks.to(torch.float32)
     levels = levels.to(masks.device)
     count, _, height, width = levels.shape
     alpha = torch.empty((count, height, width), dtype=torch.float32, device=masks.device)
-    fg = torch.empty((count, height, width, 3) if colours else (0,), dtype=torch.float32, device=masks.device)
+    fg = torch.empty(
+        (count, height, width, 3) if colours is not False else (0,), dtype=torch.float32, device=masks.device
+    )
     with torch.no_grad():
         for start in _chunks(count, height, width):
             stop = min(count, start + max(1, _CHUNK_PIXELS // max(1, height * width)))
             part = _alpha_chunk(levels[start:stop], masks[start:stop], grid)
             alpha[start:stop] = part
-            if colours:
+            if isinstance(colours, torch.Tensor):
+                image = colours[start:stop] if colours.shape[0] > 1 else colours.expand(stop - start, -1, -1, -1)
+                fg[start:stop] = _foreground_chunk(image.to(alpha), part[:, None]).permute(0, 2, 3, 1)
+            elif colours:
                 image = levels[start:stop].to(torch.float32) / 255.0
                 fg[start:stop] = _foreground_chunk(image, part[:, None]).permute(0, 2, 3, 1)
     return Matte(alpha, fg)
@@ -325,7 +346,7 @@ def matte(images: Any, masks: Any, grid: int | tuple[int, int] = CLIPSEG_GRID) -
         InputError: empty batches, masks of another size or batch, NaN or infinite values, wrong shapes.
     """
     levels, masks_tensor, batched = _pair(images, masks, "masks")
-    result = matte_levels(levels, masks_tensor, grid)
+    result = matte_levels(levels, masks_tensor, grid, colours=_colours(images, levels).to(masks_tensor.device))
     if not batched:
         return Matte(result.alpha[0], result.foreground[0])
     return result
@@ -343,11 +364,12 @@ def foreground(images: Any, alpha: Any) -> torch.Tensor:
         alpha); equal to the image where alpha is 1.
     """
     levels, alpha_tensor, batched = _pair(images, alpha, "alpha")
+    colours = _colours(images, levels).to(alpha_tensor.device)
     count, _, height, width = levels.shape
     out = torch.empty((count, height, width, 3), dtype=torch.float32, device=alpha_tensor.device)
     with torch.no_grad():
         for start in _chunks(count, height, width):
             stop = min(count, start + max(1, _CHUNK_PIXELS // max(1, height * width)))
-            image = levels[start:stop].to(torch.float32) / 255.0
+            image = colours[start:stop] if colours.shape[0] > 1 else colours.expand(stop - start, -1, -1, -1)
             out[start:stop] = _foreground_chunk(image, alpha_tensor[start:stop, None]).permute(0, 2, 3, 1)
     return out if batched else out[0]

@@ -264,23 +264,28 @@ def parse_detail(value: Any) -> str | tuple[int, int]:
     return rows, cols
 
 
-def parse_refine(value: Any) -> RefineOptions | None:
-    """A refine setting → the :class:`~textmask.refine.RefineOptions` to apply, or None (off).
+REFINE_MATTE = "matte"  # refine="matte": soft alpha where the truth is soft (textmask.matte), crisp elsewhere
 
-    Accepts False/None (off), True (the defaults), a ``RefineOptions``, or text: ``on``/``true``/``1`` and
-    ``off``/``false``/``0`` (what command lines and forms send).
+
+def parse_refine(value: Any) -> RefineOptions | str | None:
+    """A refine setting → the :class:`~textmask.refine.RefineOptions` to apply, ``"matte"``, or None (off).
+
+    Accepts False/None (off), True (the defaults), a ``RefineOptions``, ``"matte"`` (:func:`textmask.matte`'s
+    alpha), or text: ``on``/``true``/``1`` and ``off``/``false``/``0`` (what command lines and forms send).
     """
     if isinstance(value, RefineOptions):
         return value
     if isinstance(value, str):
         word = value.strip().lower()
+        if word == REFINE_MATTE:
+            return REFINE_MATTE
         if word in ("on", "true", "1", "yes", "auto"):
             return DEFAULT_REFINE
         if word in ("off", "false", "0", "no", "none", ""):
             return None
     elif value is None or (isinstance(value, (bool, int)) and value in (0, 1)):
         return DEFAULT_REFINE if value else None
-    raise ValueError(f"refine: expected True, False or a textmask.RefineOptions, got {value!r}")
+    raise ValueError(f"refine: expected True, False, 'matte' or a textmask.RefineOptions, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -302,7 +307,8 @@ class MaskOptions:
             (also given as True, an int N for N×N, or ``"RxC"``). Not with ``normalize="seed"``.
         refine: move the mask's borders onto the image's edges at full resolution (:mod:`textmask.refine`),
             after the negatives and before the threshold: True for the measured defaults, or a
-            :class:`~textmask.refine.RefineOptions`. Off by default.
+            :class:`~textmask.refine.RefineOptions`; ``"matte"`` for :func:`textmask.matte`'s alpha (soft where the
+            truth is soft: defocus, motion blur, hair; crisp elsewhere). Off by default.
     """
 
     # Field metadata (``choices``, ``min``, ``max``) describes the valid values to faces that build controls or
@@ -316,7 +322,7 @@ class MaskOptions:
     feather: float = field(default=0.0, metadata={"min": 0.0, "max": MAX_BLUR_PIXELS})
     invert: bool = False
     detail: str | tuple[int, int] = field(default="off", metadata={"choices": ("off", "auto", "2x2", "3x3", "4x4")})
-    refine: bool | RefineOptions = False
+    refine: bool | str | RefineOptions = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "detail", parse_detail(self.detail))
