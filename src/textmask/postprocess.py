@@ -633,21 +633,59 @@ def cutout(images: torch.Tensor, masks: torch.Tensor, alpha: torch.Tensor | None
     return torch.cat([images, levels[..., None]], dim=-1)
 
 
+def matte_cutout(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    alpha: torch.Tensor | None = None,
+    matte: bool = False,
+    background: tuple[int, int, int] | None = None,
+) -> torch.Tensor:
+    """A cut-out whose colours are the estimated foreground (``matte``: :func:`textmask.foreground`, no old
+    background in the fringe) and/or composited on a ``background`` colour (RGB 0-255): ``[..., H, W, 4]`` uint8
+    RGBA without a background, ``[..., H, W, 3]`` uint8 RGB with one."""
+    if not matte and background is None:
+        return cutout(images, masks, alpha)
+    from .matte import foreground
+
+    shape = images.shape
+    flat_images, flat_masks = images.reshape(-1, *shape[-3:]), masks.reshape(-1, *shape[-3:-1]).float().clamp(0, 1)
+    if alpha is not None:
+        flat_masks = flat_masks * (alpha.reshape(flat_masks.shape).float() / 255.0)
+    colours = flat_images.float() / 255.0
+    if matte and flat_images.shape[0]:
+        colours = foreground(flat_images, flat_masks)
+    if background is None:
+        levels = torch.round(flat_masks * 255.0).to(torch.uint8)
+        out = torch.cat([torch.round(colours * 255.0).to(torch.uint8), levels[..., None]], dim=-1)
+        return out.reshape(*shape[:-1], 4)
+    paint = torch.tensor(background, dtype=torch.float32, device=colours.device) / 255.0
+    mixed = flat_masks[..., None] * colours + (1 - flat_masks[..., None]) * paint
+    return torch.round(mixed * 255.0).clamp(0, 255).to(torch.uint8).reshape(*shape[:-1], 3)
+
+
 def render(
-    kind: str, images: torch.Tensor, masks: torch.Tensor, alpha: torch.Tensor | None = None, bits: int = 8
+    kind: str,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    alpha: torch.Tensor | None = None,
+    bits: int = 8,
+    matte: bool = False,
+    background: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
     """One output kind: ``"mask"`` → ``[..., H, W]`` levels (:func:`mask_levels`), ``"overlay"`` →
-    ``[..., H, W, 3]`` uint8, ``"cutout"`` → ``[..., H, W, 4]`` uint8.
+    ``[..., H, W, 3]`` uint8, ``"cutout"`` → ``[..., H, W, 4]`` uint8 (``[..., H, W, 3]`` on a ``background``).
 
     Args:
         images: ``[..., H, W, 3]`` uint8 (unused for masks).
         masks: ``[..., H, W]`` in [0, 1].
         alpha: the images' own transparency ``[..., H, W]`` uint8 (cut-outs keep it), or None.
+        matte: cut-outs take the estimated foreground colours (:func:`textmask.foreground`).
+        background: cut-outs are composited on this RGB colour (0-255) instead of carrying alpha.
     """
     if kind == "mask":
         return mask_levels(masks, bits)
     if kind == "overlay":
         return overlay(images, masks)
     if kind == "cutout":
-        return cutout(images, masks, alpha)
+        return matte_cutout(images, masks, alpha, matte, background)
     raise ValueError(f"output kind: {kind!r} is not one of {OUTPUT_KINDS}")
