@@ -633,6 +633,35 @@ def cutout(images: torch.Tensor, masks: torch.Tensor, alpha: torch.Tensor | None
     return torch.cat([images, levels[..., None]], dim=-1)
 
 
+def parse_colour(value: Any, name: str = "background") -> tuple[int, int, int] | None:
+    """A colour for cut-out backgrounds: a name (``white``), ``#RRGGBB`` or ``R,G,B`` (0-255) → RGB; None or
+    empty text → None. ``ValueError`` naming ``name`` otherwise."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 3
+        and all(isinstance(v, int) and 0 <= v <= 255 for v in value)
+    ):
+        return (int(value[0]), int(value[1]), int(value[2]))
+    text = str(value).strip()
+    if "," in text:
+        try:
+            parts = tuple(int(part) for part in text.split(","))
+        except ValueError:
+            parts = ()
+        if len(parts) == 3 and all(0 <= part <= 255 for part in parts):
+            return (parts[0], parts[1], parts[2])
+        raise ValueError(f"{name}: {value!r}: R,G,B needs three whole numbers in 0-255")
+    from PIL import ImageColor
+
+    try:
+        rgb = ImageColor.getrgb(text)
+    except ValueError:
+        raise ValueError(f"{name}: {value!r} is not a colour (a name such as white, #RRGGBB or R,G,B)") from None
+    return (rgb[0], rgb[1], rgb[2])
+
+
 def matte_cutout(
     images: torch.Tensor,
     masks: torch.Tensor,

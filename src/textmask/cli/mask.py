@@ -401,22 +401,9 @@ def _instance_level(threshold: float | None) -> float:
 
 def _colour(value: str | None) -> tuple[int, int, int] | None:
     """``--background``: a colour name, ``#RRGGBB`` or ``R,G,B`` (0-255) → RGB, or a usage error."""
-    if value is None:
-        return None
-    from PIL import ImageColor
+    from ..postprocess import parse_colour
 
-    text = value.strip()
-    if "," in text:
-        try:
-            parts = tuple(int(part) for part in text.split(","))
-        except ValueError:
-            parts = ()
-        if len(parts) == 3 and all(0 <= part <= 255 for part in parts):
-            return parts  # type: ignore[return-value]
-        raise click.BadParameter(f"{value!r}: R,G,B needs three whole numbers in 0-255", param_hint="--background")
     try:
-        return ImageColor.getrgb(text)[:3]
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r}: not a colour (a name, #RRGGBB or R,G,B)", param_hint="--background"
-        ) from None
+        return parse_colour(value, "--background")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1], param_hint="--background") from None
