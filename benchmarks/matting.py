@@ -321,7 +321,7 @@ def time_against_mask(levels: torch.Tensor, coarse: torch.Tensor, repeats: int) 
     rows = {
         "session.mask (float32, 1 prompt)": lambda: session.mask(images, "a cat"),
         "textmask.refine": lambda: textmask.refine(images, coarse),
-        "textmask.matte": lambda: textmask.matte(images, coarse),
+        "textmask.matting": lambda: textmask.matte(images, coarse),
     }
     for run in rows.values():
         run()
@@ -385,7 +385,7 @@ def save_strip(path: Path, case: Case, index: int, crop: tuple[int, int, int], p
     top, left, size = crop
     new = case.new_background[index]
     columns = [("truth", case.alpha[index], case.foreground[index])]
-    for method, label in (("refine", "today's cut-out"), ("pymatting", "pymatting"), ("matte", "textmask.matte")):
+    for method, label in (("refine", "today's cut-out"), ("pymatting", "pymatting"), ("matte", "textmask.matting")):
         alpha, foreground = case.outputs[method]
         columns.append((label, alpha[index], foreground[index]))
     rows = [[], []]
@@ -475,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
             scale = 1024 * 1024 / (width * height)
             py = _mean(seconds["pymatting"]) * scale
             print(f"  {'pymatting (above, scaled to 1024²)':34s} {py:7.3f} s   {py / mask_time:5.2f}× session.mask")
-        ratio = times["textmask.matte"] / mask_time
+        ratio = times["textmask.matting"] / mask_time
         print(f"  target matte ≤ 1.0× session.mask: {ratio:.2f}  [{'met' if ratio <= 1.0 else 'missed'}]")
         figures["timing"] = times
     if not args.no_memory:

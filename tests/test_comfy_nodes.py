@@ -102,6 +102,7 @@ def test_mappings_list_every_node_with_a_display_name():
         "TextmaskCLIPSegMasking",
         "TextmaskCLIPSegExampleMasking",
         "TextmaskRefineMask",
+        "TextmaskMatte",
         "TextmaskMaskToInstances",
     }
     assert set(NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_CLASS_MAPPINGS)
@@ -204,7 +205,7 @@ def test_pack_import_is_cheap_and_works_like_comfyui_loads_it():
         "spec.loader.exec_module(module)\n"
         "assert sorted(module.NODE_CLASS_MAPPINGS) == ['SaltCLIPSegLoader', 'SaltCLIPSegMasking', "
         "'TextmaskCLIPSegExampleMasking', 'TextmaskCLIPSegLoader', 'TextmaskCLIPSegMasking', "
-        "'TextmaskMaskToInstances', 'TextmaskRefineMask'], "
+        "'TextmaskMaskToInstances', 'TextmaskMatte', 'TextmaskRefineMask'], "
         "module.NODE_CLASS_MAPPINGS\n"
         "heavy = [m for m in ('torch', 'transformers', 'numpy', 'PIL') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
@@ -681,3 +682,39 @@ def test_mask_to_instances_node_finds_the_blobs_with_exact_boxes():
     assert none == 0 and empty_masks.shape == (1, 8, 8) and no_boxes == [[]] and no_bboxes == []
     only_one, _, _, _, one = TextmaskMaskToInstances().split(masks[:1], 0.5, 10, 1)
     assert one == 1 and only_one.shape == (1, 50, 70)
+
+
+def test_matte_node_and_refine_matte(soft_pair):
+    """Matte (textmask): foreground, alpha and composite are textmask.matte's; ``refine: matte`` on the advanced
+    node is MaskOptions(refine="matte"); a boolean from a workflow saved before the choice still works."""
+    import textmask
+    from textmask.comfy.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, TextmaskMatte
+
+    assert NODE_CLASS_MAPPINGS["TextmaskMatte"] is TextmaskMatte
+    assert NODE_DISPLAY_NAME_MAPPINGS["TextmaskMatte"] == "Matte (textmask)"
+    assert TextmaskMatte.RETURN_TYPES == ("IMAGE", "MASK", "IMAGE")
+    images = smooth_images(2, 60, 80, seed=13)
+    coarse = torch.zeros(2, 60, 80)
+    coarse[:, 15:45, 20:60] = 0.8
+    fg, alpha, composite = TextmaskMatte().matte(images, coarse, background="#00ff00")
+    expected = textmask.matte(images, coarse)
+    assert torch.equal(alpha, expected.alpha) and torch.equal(fg, expected.foreground)
+    green = torch.tensor([0.0, 1.0, 0.0])
+    assert torch.allclose(composite, alpha[..., None] * fg + (1 - alpha[..., None]) * green, atol=1e-6)
+    assert fg.shape == composite.shape == (2, 60, 80, 3) and alpha.shape == (2, 60, 80)
+    _, small, _ = TextmaskMatte().matte(images, coarse[:1, ::2, ::2])  # resized and broadcast
+    assert small.shape == (2, 60, 80)
+    with pytest.raises(InputError, match="background"):
+        TextmaskMatte().matte(images, coarse, background="plaid")
+    with pytest.raises(InputError, match="masks"):
+        TextmaskMatte().matte(images, torch.zeros(3, 60, 80))
+
+    node = TextmaskCLIPSegMasking()
+    assert node.INPUT_TYPES()["optional"]["refine"][0] == ["off", "on", "matte"]
+    common = dict(negative_prompts="", combine="union", normalize="none", blur=0.0, grow=0, invert=False)
+    mask, _, _ = node.mask(images, "a cat", batch_size=8, clipseg_model=soft_pair, refine="matte", **common)
+    from textmask.engine import session_from_hf
+
+    assert torch.equal(mask, session_from_hf(*soft_pair).mask(images, "a cat", refine="matte"))
+    legacy, _, _ = node.mask(images, "a cat", batch_size=8, clipseg_model=soft_pair, refine=True, **common)
+    assert torch.equal(legacy, session_from_hf(*soft_pair).mask(images, "a cat", refine=True))

@@ -41,7 +41,7 @@ from .errors import (
     out_of_memory_message,
 )
 from .images import ImageBatch, as_image_batch
-from .matte import matte_levels
+from .matting import matte_levels
 from .model import LoadedModel, load_model
 from .postprocess import (
     REFINE_MATTE,

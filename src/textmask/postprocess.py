@@ -674,7 +674,7 @@ def matte_cutout(
     RGBA without a background, ``[..., H, W, 3]`` uint8 RGB with one."""
     if not matte and background is None:
         return cutout(images, masks, alpha)
-    from .matte import foreground
+    from .matting import foreground
 
     shape = images.shape
     flat_images, flat_masks = images.reshape(-1, *shape[-3:]), masks.reshape(-1, *shape[-3:-1]).float().clamp(0, 1)

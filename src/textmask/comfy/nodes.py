@@ -60,13 +60,26 @@ _TEMPORAL_SMOOTHING = (
         "flicker (0 off, 0.5 mild, 0.8 strong; lags on fast motion)",
     },
 )
+REFINE_CHOICES = ["off", "on", "matte"]
 _REFINE = (
-    "BOOLEAN",
+    REFINE_CHOICES,
     {
-        "default": False,
-        "tooltip": "Move the mask's borders onto the image's edges at full resolution (before threshold, grow, blur)",
+        "default": "off",
+        "tooltip": "on: move the mask's borders onto the image's edges at full resolution (before threshold, grow, "
+        "blur); matte: soft alpha where the truth is soft (hair, defocus, motion blur), crisp edges elsewhere",
     },
 )
+
+
+def _refine_setting(value: Any) -> bool | str:
+    """The advanced node's ``refine`` (a choice; True/False from workflows saved before it was one) → MaskOptions'."""
+    if isinstance(value, str) and value.strip().lower() == "matte":
+        return "matte"
+    if isinstance(value, str):
+        return value.strip().lower() in ("on", "true", "1", "yes")
+    return bool(value)
+
+
 _EXAMPLE_MASK = ("MASK", {"tooltip": "Marks the object in the example (1 = object); its background is then blanked"})
 _INVERT_EXAMPLE_MASK = (
     "BOOLEAN",
@@ -298,7 +311,7 @@ class TextmaskCLIPSegMasking:
         example_weight: float = 1.0,
         detail: str = "off",
         temporal_smoothing: float = 0.0,
-        refine: bool = False,
+        refine: bool | str = "off",
     ) -> tuple[Any, Any, Any]:
         """IMAGE ``[B, H, W, C]`` → mask ``[B, H, W]``, mask image and heat-map ``[B, H, W, 3]``."""
         from ..prompts import combine_prompts
@@ -311,7 +324,7 @@ class TextmaskCLIPSegMasking:
         return _mask_with_previews(
             images, positive, negative, clipseg_model, overlay_alpha, threshold, float(temporal_smoothing),
             combine=combine, normalize=normalize, blur=float(blur), grow=int(grow), invert=bool(invert),
-            batch_size=int(batch_size), detail=detail, refine=bool(refine),
+            batch_size=int(batch_size), detail=detail, refine=_refine_setting(refine),
         )  # fmt: skip
 
 
@@ -497,6 +510,60 @@ class TextmaskRefineMask:
         return (runtime.refine_masks(images, masks, softness=float(softness), grid=int(coarseness)),)
 
 
+class TextmaskMatte:
+    """Soft alpha and clean cut-out colours from any mask (CLIPSeg's, SAM's, another node's, a painted one).
+
+    Crisp where the image's edges are crisp, soft where the truth is soft (hair, defocus, motion blur), decided
+    region by region (:func:`textmask.matte`); the foreground colours carry no fringe of the old background.
+    """
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "images": ("IMAGE",),
+                "masks": ("MASK",),
+            },
+            "optional": {
+                "background": (
+                    "STRING",
+                    {
+                        "default": "#ffffff",
+                        "multiline": False,
+                        "tooltip": "The composite's background colour: a name (white), #RRGGBB or R,G,B",
+                    },
+                ),
+                "coarseness": (
+                    "INT",
+                    {
+                        "default": 22,
+                        "min": 4,
+                        "max": 512,
+                        "step": 1,
+                        "tooltip": "How coarse the input mask is, in cells per image side: 22 for CLIPSeg, "
+                        "about 64 for SAM, more for a mask that is nearly right",
+                    },
+                ),
+            },
+        }
+
+    RETURN_TYPES = ("IMAGE", "MASK", "IMAGE")
+    RETURN_NAMES = ("foreground", "alpha", "composite")
+    FUNCTION = "matte"
+    CATEGORY = "textmask/masking"
+    DESCRIPTION = (
+        "Soft alpha (crisp edges where the photo's are crisp, soft where hair, defocus or motion blur are) and the "
+        "foreground colours without the old background; plus the cut-out composited on a colour."
+    )
+
+    def matte(self, images: Any, masks: Any, background: str = "#ffffff", coarseness: int = 22) -> tuple[Any, Any, Any]:
+        """IMAGE ``[B, H, W, C]`` and MASK ``[B', h, w]`` (one may be a batch of one; a mask of another size is
+        resized) → foreground IMAGE ``[B, H, W, 3]``, alpha MASK ``[B, H, W]``, composite IMAGE ``[B, H, W, 3]``."""
+        from . import runtime
+
+        return runtime.matte_images(images, masks, background=background, grid=int(coarseness))
+
+
 class TextmaskMaskToInstances:
     """Split masks into their objects (connected regions above a threshold), largest first, with boxes.
 
@@ -559,6 +626,7 @@ NODE_CLASS_MAPPINGS = {
     "TextmaskCLIPSegMasking": TextmaskCLIPSegMasking,
     "TextmaskCLIPSegExampleMasking": TextmaskCLIPSegExampleMasking,
     "TextmaskRefineMask": TextmaskRefineMask,
+    "TextmaskMatte": TextmaskMatte,
     "TextmaskMaskToInstances": TextmaskMaskToInstances,
 }
 
@@ -569,5 +637,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "TextmaskCLIPSegMasking": "CLIPSeg Masking (textmask)",
     "TextmaskCLIPSegExampleMasking": "CLIPSeg Masking by Example (textmask)",
     "TextmaskRefineMask": "Refine Mask (textmask)",
+    "TextmaskMatte": "Matte (textmask)",
     "TextmaskMaskToInstances": "Mask to Instances (textmask)",
 }
