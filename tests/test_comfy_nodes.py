@@ -161,7 +161,7 @@ def test_our_nodes_declare_the_promised_inputs_and_outputs():
     # newer inputs come after the older optional widgets, so saved workflows keep their widget values
     assert list(masking["optional"]) == [
         "clipseg_model", "overlay_alpha", "example", "example_mask", "invert_example_mask", "example_mode",
-        "example_weight", "detail", "temporal_smoothing", "refine",
+        "example_weight", "detail", "temporal_smoothing", "refine", "matte",
     ]  # fmt: skip
     assert masking["optional"]["example"][0] == "IMAGE" and masking["optional"]["example_mask"][0] == "MASK"
     assert masking["optional"]["example_mode"][0] == ["separate", "blend"]
@@ -685,8 +685,8 @@ def test_mask_to_instances_node_finds_the_blobs_with_exact_boxes():
 
 
 def test_matte_node_and_refine_matte(soft_pair):
-    """Matte (textmask): foreground, alpha and composite are textmask.matte's; ``refine: matte`` on the advanced
-    node is MaskOptions(refine="matte"); a boolean from a workflow saved before the choice still works."""
+    """Matte (textmask): foreground, alpha and composite are textmask.matte's; ``matte`` on the advanced node is
+    MaskOptions(refine="matte") (a switch after ``refine``, so that saved workflows keep their widget values)."""
     import textmask
     from textmask.comfy.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, TextmaskMatte
 
@@ -710,11 +710,11 @@ def test_matte_node_and_refine_matte(soft_pair):
         TextmaskMatte().matte(images, torch.zeros(3, 60, 80))
 
     node = TextmaskCLIPSegMasking()
-    assert node.INPUT_TYPES()["optional"]["refine"][0] == ["off", "on", "matte"]
+    assert node.INPUT_TYPES()["optional"]["matte"][0] == "BOOLEAN"
     common = dict(negative_prompts="", combine="union", normalize="none", blur=0.0, grow=0, invert=False)
-    mask, _, _ = node.mask(images, "a cat", batch_size=8, clipseg_model=soft_pair, refine="matte", **common)
+    mask, _, _ = node.mask(images, "a cat", batch_size=8, clipseg_model=soft_pair, matte=True, **common)
     from textmask.engine import session_from_hf
 
     assert torch.equal(mask, session_from_hf(*soft_pair).mask(images, "a cat", refine="matte"))
-    legacy, _, _ = node.mask(images, "a cat", batch_size=8, clipseg_model=soft_pair, refine=True, **common)
-    assert torch.equal(legacy, session_from_hf(*soft_pair).mask(images, "a cat", refine=True))
+    crisp, _, _ = node.mask(images, "a cat", batch_size=8, clipseg_model=soft_pair, refine=True, **common)
+    assert torch.equal(crisp, session_from_hf(*soft_pair).mask(images, "a cat", refine=True))

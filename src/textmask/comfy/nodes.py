@@ -60,24 +60,21 @@ _TEMPORAL_SMOOTHING = (
         "flicker (0 off, 0.5 mild, 0.8 strong; lags on fast motion)",
     },
 )
-REFINE_CHOICES = ["off", "on", "matte"]
 _REFINE = (
-    REFINE_CHOICES,
+    "BOOLEAN",
     {
-        "default": "off",
-        "tooltip": "on: move the mask's borders onto the image's edges at full resolution (before threshold, grow, "
-        "blur); matte: soft alpha where the truth is soft (hair, defocus, motion blur), crisp edges elsewhere",
+        "default": False,
+        "tooltip": "Move the mask's borders onto the image's edges at full resolution (before threshold, grow, blur)",
     },
 )
-
-
-def _refine_setting(value: Any) -> bool | str:
-    """The advanced node's ``refine`` (a choice; True/False from workflows saved before it was one) → MaskOptions'."""
-    if isinstance(value, str) and value.strip().lower() == "matte":
-        return "matte"
-    if isinstance(value, str):
-        return value.strip().lower() in ("on", "true", "1", "yes")
-    return bool(value)
+_MATTE = (
+    "BOOLEAN",
+    {
+        "default": False,
+        "tooltip": "Refine as a matte: soft alpha where the truth is soft (hair, defocus, motion blur), crisp edges "
+        "elsewhere (textmask.matte); overrides refine",
+    },
+)
 
 
 _EXAMPLE_MASK = ("MASK", {"tooltip": "Marks the object in the example (1 = object); its background is then blanked"})
@@ -278,6 +275,7 @@ class TextmaskCLIPSegMasking:
                 "detail": _DETAIL,
                 "temporal_smoothing": _TEMPORAL_SMOOTHING,
                 "refine": _REFINE,
+                "matte": _MATTE,
             },
         }
 
@@ -311,7 +309,8 @@ class TextmaskCLIPSegMasking:
         example_weight: float = 1.0,
         detail: str = "off",
         temporal_smoothing: float = 0.0,
-        refine: bool | str = "off",
+        refine: bool = False,
+        matte: bool = False,
     ) -> tuple[Any, Any, Any]:
         """IMAGE ``[B, H, W, C]`` → mask ``[B, H, W]``, mask image and heat-map ``[B, H, W, 3]``."""
         from ..prompts import combine_prompts
@@ -324,7 +323,7 @@ class TextmaskCLIPSegMasking:
         return _mask_with_previews(
             images, positive, negative, clipseg_model, overlay_alpha, threshold, float(temporal_smoothing),
             combine=combine, normalize=normalize, blur=float(blur), grow=int(grow), invert=bool(invert),
-            batch_size=int(batch_size), detail=detail, refine=_refine_setting(refine),
+            batch_size=int(batch_size), detail=detail, refine="matte" if matte else bool(refine),
         )  # fmt: skip
 
 
