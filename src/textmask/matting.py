@@ -46,7 +46,7 @@ _WORK = 512  # working resolution: pixels on the longer side
 _CHUNK_PIXELS = 2 * 1024 * 1024  # images per chunk: about this many pixels (bounded memory)
 _SURE = 0.02  # crisp alpha above 1 − this (below this) is sure foreground (background) for the colour model
 _CONTRAST = 0.05  # squared colour contrast |F − B|² at which the colour model is trusted half
-_BLUR_FROM, _BLUR_SPAN = 0.0135, 0.008  # edge blur (σ / longer side) from which alpha leans towards the coarse
+_BLUR_FROM, _BLUR_SPAN = 0.0175, 0.008  # edge blur (σ / longer side) from which alpha leans towards the coarse
 _BUSY = 4.0  # border total variation, in single edges per window, from which a region is hair-like
 _FUSION = (0.044, 0.003)  # blur-fusion box radii (fraction of the longer side): wide pass, narrow pass
 
