@@ -581,3 +581,41 @@ def test_refine_detail_and_instances_equal_the_engine(tiny_model_dir: Path, tiny
     assert again.exit_code == 0 and "1 skipped" in again.output  # resume: the JSON marks the instances done
     bad = invoke("mask", str(tmp_path / "in.png"), *common, "--detail", "huge")
     assert bad.exit_code == 2 and "detail" in bad.output
+
+
+def test_matte_cutout_and_background(tiny_model_dir: Path, tiny_session, tmp_path: Path):
+    """--matte: the mask is textmask.matte's alpha, the cut-out takes the estimated foreground (the image's
+    colours where alpha is 1); --background composites onto a colour as RGB; a bad colour is a usage error."""
+    import textmask
+
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "in.png")
+    out = tmp_path / "out"
+    common = ["mask", str(tmp_path / "in.png"), "-p", "a cat", "--normalize", "minmax", "--model", str(tiny_model_dir)]
+    result = invoke(*common, "--matte", "-k", "cutout", "-k", "mask", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    mask = mask_levels(out / "in.a-cat.png")
+    with Image.open(out / "in.a-cat.cutout.png") as cut:
+        assert cut.mode == "RGBA"
+        cut = np.asarray(cut)
+    np.testing.assert_array_equal(cut[..., 3], mask)
+    # The CLI estimates from the unrounded alpha; from the 8-bit one the colours agree within a few levels.
+    expected = textmask.foreground(image, torch.from_numpy(mask.copy()).float() / 255).numpy()
+    assert np.abs(cut[..., :3].astype(float) - np.round(expected * 255)).mean() <= 1.0
+    full = mask == 255
+    if full.any():
+        np.testing.assert_array_equal(cut[full][:, :3], image[full])
+
+    painted = tmp_path / "painted"
+    result = invoke(*common, "--matte", "-k", "cutout", "--background", "#ffffff", "-o", str(painted))
+    assert result.exit_code == 0, result.output
+    with Image.open(painted / "in.a-cat.cutout.png") as rgb:
+        assert rgb.mode == "RGB"
+        rgb = np.asarray(rgb).astype(float)
+    alpha = mask[..., None] / 255.0
+    composite = alpha * np.round(expected * 255) + (1 - alpha) * 255
+    assert np.abs(rgb - composite).mean() <= 1.0  # 8-bit rounding of alpha and colours
+
+    result = invoke(*common, "-k", "cutout", "--background", "not-a-colour", "-o", str(tmp_path / "bad"))
+    assert result.exit_code == 2 and "--background" in result.output

@@ -107,6 +107,7 @@ def test_mappings_list_every_node_with_a_display_name():
         "TextmaskCLIPSegMasking",
         "TextmaskCLIPSegExampleMasking",
         "TextmaskRefineMask",
+        "TextmaskMatte",
         "TextmaskMaskToInstances",
         "TextmaskTrackMasks",
     }
@@ -166,7 +167,7 @@ def test_our_nodes_declare_the_promised_inputs_and_outputs():
     # newer inputs come after the older optional widgets, so saved workflows keep their widget values
     assert list(masking["optional"]) == [
         "clipseg_model", "overlay_alpha", "example", "example_mask", "invert_example_mask", "example_mode",
-        "example_weight", "detail", "temporal_smoothing", "refine", "stabilize",
+        "example_weight", "detail", "temporal_smoothing", "refine", "stabilize", "matte",
     ]  # fmt: skip
     assert masking["optional"]["example"][0] == "IMAGE" and masking["optional"]["example_mask"][0] == "MASK"
     assert masking["optional"]["example_mode"][0] == ["separate", "blend"]
@@ -211,7 +212,7 @@ def test_pack_import_is_cheap_and_works_like_comfyui_loads_it():
         "assert sorted(module.NODE_CLASS_MAPPINGS) == ['CLIPSeg', 'CLIPSeg Batch Masking', 'CLIPSeg Masking', "
         "'CLIPSeg Model Loader', 'CombineSegMasks', 'SaltCLIPSegLoader', 'SaltCLIPSegMasking', "
         "'TextmaskCLIPSegExampleMasking', 'TextmaskCLIPSegLoader', 'TextmaskCLIPSegMasking', "
-        "'TextmaskMaskToInstances', 'TextmaskRefineMask', 'TextmaskTrackMasks'], "
+        "'TextmaskMaskToInstances', 'TextmaskMatte', 'TextmaskRefineMask', 'TextmaskTrackMasks'], "
         "module.NODE_CLASS_MAPPINGS\n"
         "heavy = [m for m in ('torch', 'transformers', 'numpy', 'PIL') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
@@ -836,3 +837,39 @@ def test_mask_to_instances_track_gives_a_stable_count_and_order():
     assert [b["label"] for b in boxes[-1]] == ["ball #2"]
     plain = TextmaskMaskToInstances().split(masks, 0.5, 10, 0, "ball")
     assert plain[4] != count  # without tracking: every frame's objects, one after another
+
+
+def test_matte_node_and_refine_matte(soft_pair):
+    """Matte (textmask): foreground, alpha and composite are textmask.matte's; ``matte`` on the advanced node is
+    MaskOptions(refine="matte") (a switch after ``refine``, so that saved workflows keep their widget values)."""
+    import textmask
+    from textmask.comfy.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, TextmaskMatte
+
+    assert NODE_CLASS_MAPPINGS["TextmaskMatte"] is TextmaskMatte
+    assert NODE_DISPLAY_NAME_MAPPINGS["TextmaskMatte"] == "Matte (textmask)"
+    assert TextmaskMatte.RETURN_TYPES == ("IMAGE", "MASK", "IMAGE")
+    images = smooth_images(2, 60, 80, seed=13)
+    coarse = torch.zeros(2, 60, 80)
+    coarse[:, 15:45, 20:60] = 0.8
+    fg, alpha, composite = TextmaskMatte().matte(images, coarse, background="#00ff00")
+    expected = textmask.matte(images, coarse)
+    assert torch.equal(alpha, expected.alpha) and torch.equal(fg, expected.foreground)
+    green = torch.tensor([0.0, 1.0, 0.0])
+    assert torch.allclose(composite, alpha[..., None] * fg + (1 - alpha[..., None]) * green, atol=1e-6)
+    assert fg.shape == composite.shape == (2, 60, 80, 3) and alpha.shape == (2, 60, 80)
+    _, small, _ = TextmaskMatte().matte(images, coarse[:1, ::2, ::2])  # resized and broadcast
+    assert small.shape == (2, 60, 80)
+    with pytest.raises(InputError, match="background"):
+        TextmaskMatte().matte(images, coarse, background="plaid")
+    with pytest.raises(InputError, match="masks"):
+        TextmaskMatte().matte(images, torch.zeros(3, 60, 80))
+
+    node = TextmaskCLIPSegMasking()
+    assert node.INPUT_TYPES()["optional"]["matte"][0] == "BOOLEAN"
+    common = dict(negative_prompts="", combine="union", normalize="none", blur=0.0, grow=0, invert=False)
+    mask, _, _ = node.mask(images, "a cat", batch_size=8, clipseg_model=soft_pair, matte=True, **common)
+    from textmask.engine import session_from_hf
+
+    assert torch.equal(mask, session_from_hf(*soft_pair).mask(images, "a cat", refine="matte"))
+    crisp, _, _ = node.mask(images, "a cat", batch_size=8, clipseg_model=soft_pair, refine=True, **common)
+    assert torch.equal(crisp, session_from_hf(*soft_pair).mask(images, "a cat", refine=True))

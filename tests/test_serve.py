@@ -758,3 +758,30 @@ def test_sigterm_finishes_requests_in_flight(servers: dict[str, Server]) -> None
     assert server.process.wait(90) == 0, server.log()
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/healthz", timeout=5)
+
+
+def test_matte_cutout_and_background_colour(client: httpx.Client, tiny_session: Any) -> None:
+    """``matte``: the matte's alpha and estimated foreground, what the Python API and the CLI's renderer give;
+    ``background``: an RGB composite on that colour; a bad colour is a 422 naming the field."""
+    from textmask.batch.job import render_png
+    from textmask.images import read_image
+
+    image = noise_png(48, 64, seed=11)
+    loaded = read_image("upload.png", data=image)
+    mask = tiny_session.mask(loaded.levels, ["a cat"], refine="matte")
+    response = post_mask(client, image, output="cutout", matte="true")
+    assert response.status_code == 200, response.text
+    assert response.content == render_png("cutout", loaded, mask, 8, matte=True, background=None)
+    plain = post_mask(client, image, output="cutout")
+    assert plain.content != response.content  # the matte's alpha and colours differ from the plain cut-out
+
+    painted = post_mask(client, image, output="cutout", matte="true", background="#00ff00")
+    assert painted.status_code == 200, painted.text
+    with Image.open(io.BytesIO(painted.content)) as rgb:
+        assert rgb.mode == "RGB" and rgb.size == (64, 48)
+    assert painted.content == render_png("cutout", loaded, mask, 8, matte=True, background=(0, 255, 0))
+
+    assert_error(post_mask(client, image, output="cutout", background="plaid"), 422, "invalid_field", "background")
+    info = client.get("/v1/info").json()
+    assert [field["name"] for field in info["cutout"]] == ["matte", "background"]
+    assert_good(client)

@@ -27,6 +27,9 @@ _EXPORTS = {
     "Target": "textmask.postprocess",
     "refine": "textmask.edges",
     "RefineOptions": "textmask.edges",
+    "matte": "textmask.matting",
+    "foreground": "textmask.matting",
+    "Matte": "textmask.matting",
     "instances": "textmask.components",
     "Instances": "textmask.components",
     "track": "textmask.tracking",
@@ -67,6 +70,7 @@ if TYPE_CHECKING:  # pragma: no cover
         TextmaskError,
     )
     from .images import load_image
+    from .matting import Matte, foreground, matte
     from .model import clear_model_cache, load_model, locate_model
     from .postprocess import MaskOptions, Target
     from .prompts import Blend, ImagePrompt, TextPrompt, average

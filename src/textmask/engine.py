@@ -41,8 +41,10 @@ from .errors import (
     out_of_memory_message,
 )
 from .images import ImageBatch, as_image_batch
+from .matting import matte_levels
 from .model import LoadedModel, load_model
 from .postprocess import (
+    REFINE_MATTE,
     MaskOptions,
     Target,
     TargetPlan,
@@ -899,6 +901,8 @@ class Segmenter:
         def apply(masks: torch.Tensor) -> torch.Tensor:
             guide = image if tuple(image.shape[-2:]) == tuple(size) else pil_resize(image, size, "bilinear")
             guide = guide.to(masks.device)[None].expand(masks.shape[0], -1, -1, -1)
+            if options.refine == REFINE_MATTE:
+                return matte_levels(guide, masks, grid=(rows, cols), colours=False).alpha
             return refine_levels(guide, masks, options.refine, grid=(rows, cols))
 
         return apply

@@ -264,23 +264,28 @@ def parse_detail(value: Any) -> str | tuple[int, int]:
     return rows, cols
 
 
-def parse_refine(value: Any) -> RefineOptions | None:
-    """A refine setting → the :class:`~textmask.refine.RefineOptions` to apply, or None (off).
+REFINE_MATTE = "matte"  # refine="matte": soft alpha where the truth is soft (textmask.matte), crisp elsewhere
 
-    Accepts False/None (off), True (the defaults), a ``RefineOptions``, or text: ``on``/``true``/``1`` and
-    ``off``/``false``/``0`` (what command lines and forms send).
+
+def parse_refine(value: Any) -> RefineOptions | str | None:
+    """A refine setting → the :class:`~textmask.refine.RefineOptions` to apply, ``"matte"``, or None (off).
+
+    Accepts False/None (off), True (the defaults), a ``RefineOptions``, ``"matte"`` (:func:`textmask.matte`'s
+    alpha), or text: ``on``/``true``/``1`` and ``off``/``false``/``0`` (what command lines and forms send).
     """
     if isinstance(value, RefineOptions):
         return value
     if isinstance(value, str):
         word = value.strip().lower()
+        if word == REFINE_MATTE:
+            return REFINE_MATTE
         if word in ("on", "true", "1", "yes", "auto"):
             return DEFAULT_REFINE
         if word in ("off", "false", "0", "no", "none", ""):
             return None
     elif value is None or (isinstance(value, (bool, int)) and value in (0, 1)):
         return DEFAULT_REFINE if value else None
-    raise ValueError(f"refine: expected True, False or a textmask.RefineOptions, got {value!r}")
+    raise ValueError(f"refine: expected True, False, 'matte' or a textmask.RefineOptions, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -302,7 +307,8 @@ class MaskOptions:
             (also given as True, an int N for N×N, or ``"RxC"``). Not with ``normalize="seed"``.
         refine: move the mask's borders onto the image's edges at full resolution (:mod:`textmask.refine`),
             after the negatives and before the threshold: True for the measured defaults, or a
-            :class:`~textmask.refine.RefineOptions`. Off by default.
+            :class:`~textmask.refine.RefineOptions`; ``"matte"`` for :func:`textmask.matte`'s alpha (soft where the
+            truth is soft: defocus, motion blur, hair; crisp elsewhere). Off by default.
     """
 
     # Field metadata (``choices``, ``min``, ``max``) describes the valid values to faces that build controls or
@@ -316,7 +322,7 @@ class MaskOptions:
     feather: float = field(default=0.0, metadata={"min": 0.0, "max": MAX_BLUR_PIXELS})
     invert: bool = False
     detail: str | tuple[int, int] = field(default="off", metadata={"choices": ("off", "auto", "2x2", "3x3", "4x4")})
-    refine: bool | RefineOptions = False
+    refine: bool | str | RefineOptions = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "detail", parse_detail(self.detail))
@@ -627,21 +633,88 @@ def cutout(images: torch.Tensor, masks: torch.Tensor, alpha: torch.Tensor | None
     return torch.cat([images, levels[..., None]], dim=-1)
 
 
+def parse_colour(value: Any, name: str = "background") -> tuple[int, int, int] | None:
+    """A colour for cut-out backgrounds: a name (``white``), ``#RRGGBB`` or ``R,G,B`` (0-255) → RGB; None or
+    empty text → None. ``ValueError`` naming ``name`` otherwise."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 3
+        and all(isinstance(v, int) and 0 <= v <= 255 for v in value)
+    ):
+        return (int(value[0]), int(value[1]), int(value[2]))
+    text = str(value).strip()
+    if "," in text:
+        try:
+            parts = tuple(int(part) for part in text.split(","))
+        except ValueError:
+            parts = ()
+        if len(parts) == 3 and all(0 <= part <= 255 for part in parts):
+            return (parts[0], parts[1], parts[2])
+        raise ValueError(f"{name}: {value!r}: R,G,B needs three whole numbers in 0-255")
+    from PIL import ImageColor
+
+    try:
+        rgb = ImageColor.getrgb(text)
+    except ValueError:
+        raise ValueError(f"{name}: {value!r} is not a colour (a name such as white, #RRGGBB or R,G,B)") from None
+    return (rgb[0], rgb[1], rgb[2])
+
+
+def matte_cutout(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    alpha: torch.Tensor | None = None,
+    matte: bool = False,
+    background: tuple[int, int, int] | None = None,
+) -> torch.Tensor:
+    """A cut-out whose colours are the estimated foreground (``matte``: :func:`textmask.foreground`, no old
+    background in the fringe) and/or composited on a ``background`` colour (RGB 0-255): ``[..., H, W, 4]`` uint8
+    RGBA without a background, ``[..., H, W, 3]`` uint8 RGB with one."""
+    if not matte and background is None:
+        return cutout(images, masks, alpha)
+    from .matting import foreground
+
+    shape = images.shape
+    flat_images, flat_masks = images.reshape(-1, *shape[-3:]), masks.reshape(-1, *shape[-3:-1]).float().clamp(0, 1)
+    if alpha is not None:
+        flat_masks = flat_masks * (alpha.reshape(flat_masks.shape).float() / 255.0)
+    colours = flat_images.float() / 255.0
+    if matte and flat_images.shape[0]:
+        colours = foreground(flat_images, flat_masks)
+    if background is None:
+        levels = torch.round(flat_masks * 255.0).to(torch.uint8)
+        out = torch.cat([torch.round(colours * 255.0).to(torch.uint8), levels[..., None]], dim=-1)
+        return out.reshape(*shape[:-1], 4)
+    paint = torch.tensor(background, dtype=torch.float32, device=colours.device) / 255.0
+    mixed = flat_masks[..., None] * colours + (1 - flat_masks[..., None]) * paint
+    return torch.round(mixed * 255.0).clamp(0, 255).to(torch.uint8).reshape(*shape[:-1], 3)
+
+
 def render(
-    kind: str, images: torch.Tensor, masks: torch.Tensor, alpha: torch.Tensor | None = None, bits: int = 8
+    kind: str,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    alpha: torch.Tensor | None = None,
+    bits: int = 8,
+    matte: bool = False,
+    background: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
     """One output kind: ``"mask"`` → ``[..., H, W]`` levels (:func:`mask_levels`), ``"overlay"`` →
-    ``[..., H, W, 3]`` uint8, ``"cutout"`` → ``[..., H, W, 4]`` uint8.
+    ``[..., H, W, 3]`` uint8, ``"cutout"`` → ``[..., H, W, 4]`` uint8 (``[..., H, W, 3]`` on a ``background``).
 
     Args:
         images: ``[..., H, W, 3]`` uint8 (unused for masks).
         masks: ``[..., H, W]`` in [0, 1].
         alpha: the images' own transparency ``[..., H, W]`` uint8 (cut-outs keep it), or None.
+        matte: cut-outs take the estimated foreground colours (:func:`textmask.foreground`).
+        background: cut-outs are composited on this RGB colour (0-255) instead of carrying alpha.
     """
     if kind == "mask":
         return mask_levels(masks, bits)
     if kind == "overlay":
         return overlay(images, masks)
     if kind == "cutout":
-        return cutout(images, masks, alpha)
+        return matte_cutout(images, masks, alpha, matte, background)
     raise ValueError(f"output kind: {kind!r} is not one of {OUTPUT_KINDS}")

@@ -156,7 +156,14 @@ class MaskActor:
             masks_for = session.stream(job.engine_targets, batch_size=size, **job.stream_settings)  # type: ignore[union-attr]
             info = video.probe(item.source)
             written, frames = video.mask_video(
-                item.source, todo, info, masks_for, bits=job.bits, batch_size=size, tracking=job.tracking
+                item.source,
+                todo,
+                info,
+                masks_for,
+                bits=job.bits,
+                batch_size=size,
+                tracking=job.tracking,
+                cutout=job.cutout_settings,
             )
         except OSError as exc:
             return _write_failed(item, exc)
@@ -372,6 +379,7 @@ def mask_dataset(
     gpus_per_actor: float | None = None,
     address: str | None = None,
     ship_code: bool = True,
+    background: Any = None,
     **option_overrides: Any,
 ) -> Any:
     """Mask a ``ray.data.Dataset`` of images: a lazy Dataset of result rows (see :class:`MaskActor`).
@@ -382,18 +390,20 @@ def mask_dataset(
         prompts: one mask per prompt (``combine="each"``) or one for all (``union``, ``intersection``).
         output_dir: a folder, a ``file://`` or pyarrow URI (``s3://bucket/masks``) or a path in ``filesystem``;
             names as the CLI's. None: nothing is written and the rows carry ``masks`` (or ``return_masks=True``).
-        negative_prompts, options, option_overrides: as for :meth:`textmask.Segmenter.mask`; kinds, bits,
-            overwrite: as ``textmask mask -k``, ``--bits``, ``--overwrite``.
+        negative_prompts, options, option_overrides: as for :meth:`textmask.Segmenter.mask` (``refine="matte"``:
+            cut-outs also take the estimated foreground colours); kinds, bits, overwrite, background: as
+            ``textmask mask -k``, ``--bits``, ``--overwrite``, ``--background`` (a colour name, ``#RRGGBB``, ``R,G,B``).
         model, device, dtype: what each actor loads; actors, cpus_per_actor, gpus_per_actor, address, ship_code:
             as for :class:`RayExecutor` and :func:`connect`.
     """
-    from .postprocess import MaskOptions
+    from .postprocess import MaskOptions, parse_colour
 
     store = Store(".") if output_dir is None else Store.open(output_dir, filesystem)
     given = list(prompts) if prompts and all(isinstance(p, MaskTarget) for p in prompts) else None
     targets = given or make_targets([str(p) for p in prompts], combine)  # type: ignore[arg-type]
     negative, options = tuple(dict.fromkeys(negative_prompts)), MaskOptions.from_kwargs(options, **option_overrides)
     settings = dict(kinds=tuple(dict.fromkeys(kinds)), bits=int(bits), batch_size=int(batch_size), overwrite=overwrite)
+    settings["background"] = parse_colour(background)
     job = MaskJob(Path(store.root), targets, negative, options, filesystem=store.filesystem, **settings)
     spec = model if isinstance(model, ModelSpec) else ModelSpec(model=model, device=device, dtype=dtype)
     executor = RayExecutor(spec, address, actors, cpus_per_actor, gpus_per_actor, ship_code)

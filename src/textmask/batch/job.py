@@ -87,6 +87,8 @@ class MaskJob:
         min_area: with the ``instances`` kind: objects smaller than this many pixels are dropped.
         stabilize: videos: motion-following temporal consistency (:func:`textmask.stabilize`) in [0, 1); 0 = off.
         rle: videos with the ``instances`` kind: also each object's COCO RLE in the tracks JSON (pycocotools).
+        background: cut-outs are composited on this RGB colour (0-255) instead of carrying alpha; None keeps alpha.
+            With ``options.refine == "matte"`` cut-outs take the estimated foreground colours.
     """
 
     outdir: Path
@@ -104,12 +106,18 @@ class MaskJob:
     min_area: int = 0
     stabilize: float = 0.0
     rle: bool = False
+    background: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.options is None:
             from ..postprocess import MaskOptions
 
             self.options = MaskOptions()
+
+    @property
+    def cutout_settings(self) -> dict[str, Any]:
+        """How cut-outs are rendered: ``matte`` (estimated foreground colours) and ``background``."""
+        return {"matte": getattr(self.options, "refine", None) == "matte", "background": self.background}
 
     @property
     def store(self) -> Store:
@@ -298,7 +306,11 @@ def write_image_outputs(job: MaskJob, image: Any, masks: Any, outputs: Sequence[
         if output.kind == "instances":
             written.extend(_write_instances(job, output, masks[output.target]))
         else:
-            written.append(store.write(output.path, render_png(output.kind, image, masks[output.target], job.bits)))
+            written.append(
+                store.write(
+                    output.path, render_png(output.kind, image, masks[output.target], job.bits, **job.cutout_settings)
+                )
+            )
     return written
 
 
@@ -334,7 +346,7 @@ def _write_instances(job: MaskJob, output: PlannedOutput, mask: Any) -> list[str
     return written
 
 
-def render_png(kind: str, image: Any, mask: Any, bits: int = 8) -> bytes:
+def render_png(kind: str, image: Any, mask: Any, bits: int = 8, **cutout: Any) -> bytes:
     """One output of one image as the bytes of its PNG file (what the CLI writes and the HTTP service answers).
 
     Args:
@@ -342,11 +354,12 @@ def render_png(kind: str, image: Any, mask: Any, bits: int = 8) -> bytes:
         image: its :class:`~textmask.images.LoadedImage` (colours for overlays, alpha for cut-outs).
         mask: ``[H, W]`` in [0, 1].
         bits: 8 or 16, for masks.
+        cutout: ``matte=`` and ``background=`` for cut-outs (see :func:`textmask.postprocess.render`).
     """
     from ..images import encode_png
     from ..postprocess import render
 
-    array = render(kind, image.levels, mask, image.alpha, bits).cpu().numpy()
+    array = render(kind, image.levels, mask, image.alpha, bits, **cutout).cpu().numpy()
     array = array.astype("uint16") if kind == "mask" and bits == 16 else array.astype("uint8", copy=False)
     return encode_png(array)
 

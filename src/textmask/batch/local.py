@@ -153,6 +153,7 @@ def run_job(
                     masks_for,
                     bits=job.bits,
                     batch_size=job.batch_size,
+                    cutout=job.cutout_settings,
                     progress=report_progress,
                     should_stop=stop,
                     tracking=job.tracking,

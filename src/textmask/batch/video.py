@@ -365,6 +365,7 @@ def mask_video(
     *,
     bits: int = 8,
     batch_size: int = 8,
+    cutout: dict[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     tracking: TrackOutputs | None = None,
@@ -377,6 +378,7 @@ def mask_video(
         masks_for: frames → masks (see :data:`FramesToMasks`).
         bits: bit depth of PNG-frame masks (video files are 8-bit).
         tracking: how ``instances`` outputs (``form="tracks"``) are tracked and written (default settings: None).
+        cutout: ``matte=`` / ``background=`` for cut-outs (:meth:`textmask.batch.MaskJob.cutout_settings`).
 
     Returns:
         ``(written paths, frame count)``.
@@ -395,21 +397,24 @@ def mask_video(
         writers: list[VideoWriter | FrameWriter] = []
         for output in outputs:
             temporary = stack.enter_context(atomic_path(output.path))
+            # A cut-out on a background colour is RGB, written as an overlay is (no alpha plane).
+            painted = output.kind == "cutout" and (cutout or {}).get("background") is not None
+            kind = "overlay" if painted else output.kind
             if output.form == "video":
                 container_format = "webm" if output.path.suffix == ".webm" else "mp4"
                 try:
-                    writer: VideoWriter | FrameWriter = VideoWriter(temporary, container_format, output.kind, info)
+                    writer: VideoWriter | FrameWriter = VideoWriter(temporary, container_format, kind, info)
                 except _av().FFmpegError as exc:
                     raise VideoError(f"cannot start encoding {output.path}: {exc}") from None
             else:
-                writer = FrameWriter(temporary, output.kind, bits)
+                writer = FrameWriter(temporary, kind, bits)
             stack.callback(writer.abort)  # runs before the temporary file is removed, on any error
             writers.append(writer)
         for frames, stamps in read_frames(source, info, max(1, int(batch_size))):
             masks = masks_for(frames)  # [B, T, H, W]
             for output, writer in zip(outputs, writers):
                 depth = bits if output.form == "frames" else 8
-                rendered = render(output.kind, frames, masks[:, output.target], None, depth)
+                rendered = render(output.kind, frames, masks[:, output.target], None, depth, **(cutout or {}))
                 try:
                     writer.write(rendered, stamps)
                 except _av().FFmpegError as exc:

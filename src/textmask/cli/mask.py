@@ -146,6 +146,19 @@ from .app import (
     is_flag=True,
     help="Move the mask's borders onto the image's edges at full resolution (before threshold, grow and blur).",
 )
+@click.option(
+    "--matte",
+    is_flag=True,
+    help="Soft alpha where the truth is soft (hair, defocus, motion blur), crisp edges elsewhere (textmask.matte); "
+    "cut-outs (-k cutout) then take the estimated foreground colours, without the old background's fringe.",
+)
+@click.option(
+    "--background",
+    "background_colour",
+    metavar="COLOR",
+    help="Cut-outs: composite onto this colour (a name such as white, or #RRGGBB, or R,G,B) and write RGB "
+    "instead of alpha.",
+)
 @click.option("--bits", type=click.Choice(["8", "16"]), default="8", show_default=True, help="Mask PNG bit depth.")
 @click.option(
     "--video-output",
@@ -223,6 +236,8 @@ def mask_command(
     invert: bool,
     detail: str,
     refine: bool,
+    matte: bool,
+    background_colour: str | None,
     with_instances: bool,
     rle: bool,
     instance_threshold: float | None,
@@ -306,7 +321,7 @@ def mask_command(
             feather=feather,
             invert=invert,
             detail=detail,
-            refine=refine,
+            refine="matte" if matte else refine,
         )
         settings = dict(background=example_background, blur=example_blur, crop=example_crop)
         positive = build_prompts(
@@ -345,6 +360,7 @@ def mask_command(
         min_area=min_area,
         stabilize=stabilize,
         rle=rle,
+        background=_colour(background_colour),
     )
     spec = ModelSpec(
         model=model, device=device, dtype=dtype, cache_dir=cache_dir, allow_pickle=allow_pickle, backend=backend
@@ -400,3 +416,13 @@ def _instance_level(threshold: float | None) -> float:
     """Where ``--instances`` cuts objects when ``--instance-threshold`` is not given: at the mask's own threshold
     (its masks are then 0/1 already), else at 0.5."""
     return threshold if threshold is not None and threshold < 1 else 0.5
+
+
+def _colour(value: str | None) -> tuple[int, int, int] | None:
+    """``--background``: a colour name, ``#RRGGBB`` or ``R,G,B`` (0-255) → RGB, or a usage error."""
+    from ..postprocess import parse_colour
+
+    try:
+        return parse_colour(value, "--background")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1], param_hint="--background") from None

@@ -78,6 +78,16 @@ _REFINE = (
         "tooltip": "Move the mask's borders onto the image's edges at full resolution (before threshold, grow, blur)",
     },
 )
+_MATTE = (
+    "BOOLEAN",
+    {
+        "default": False,
+        "tooltip": "Refine as a matte: soft alpha where the truth is soft (hair, defocus, motion blur), crisp edges "
+        "elsewhere (textmask.matte); overrides refine",
+    },
+)
+
+
 _EXAMPLE_MASK = ("MASK", {"tooltip": "Marks the object in the example (1 = object); its background is then blanked"})
 _INVERT_EXAMPLE_MASK = (
     "BOOLEAN",
@@ -303,6 +313,7 @@ class TextmaskCLIPSegMasking:
                 "temporal_smoothing": _TEMPORAL_SMOOTHING,
                 "refine": _REFINE,
                 "stabilize": _STABILIZE,
+                "matte": _MATTE,
             },
         }
 
@@ -339,6 +350,7 @@ class TextmaskCLIPSegMasking:
         temporal_smoothing: float = 0.0,
         refine: bool = False,
         stabilize: float = 0.0,
+        matte: bool = False,
     ) -> tuple[Any, Any, Any]:
         """IMAGE ``[B, H, W, C]`` → mask ``[B, H, W]``, mask image and heat-map ``[B, H, W, 3]``."""
         from ..prompts import combine_prompts
@@ -351,7 +363,8 @@ class TextmaskCLIPSegMasking:
         return _mask_with_previews(
             images, positive, negative, clipseg_model, overlay_alpha, threshold, float(temporal_smoothing),
             combine=combine, normalize=normalize, blur=float(blur), grow=int(grow), invert=bool(invert),
-            batch_size=int(batch_size), detail=detail, refine=bool(refine), stabilize=float(stabilize),
+            batch_size=int(batch_size), detail=detail, refine="matte" if matte else bool(refine),
+            stabilize=float(stabilize),
         )  # fmt: skip
 
 
@@ -539,6 +552,66 @@ class TextmaskRefineMask:
         return (runtime.refine_masks(images, masks, softness=float(softness), grid=int(coarseness)),)
 
 
+class TextmaskMatte:
+    """Soft alpha and clean cut-out colours from any mask (CLIPSeg's, SAM's, another node's, a painted one).
+
+    Crisp where the image's edges are crisp, soft where the truth is soft (hair, defocus, motion blur), decided
+    region by region (:func:`textmask.matte`); the foreground colours carry no fringe of the old background.
+    """
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "images": ("IMAGE",),
+                "masks": ("MASK",),
+            },
+            "optional": {
+                "background": (
+                    "STRING",
+                    {
+                        "default": "#ffffff",
+                        "multiline": False,
+                        "tooltip": "The composite's background colour: a name (white), #RRGGBB or R,G,B",
+                    },
+                ),
+                "coarseness": (
+                    "INT",
+                    {
+                        "default": 22,
+                        "min": 4,
+                        "max": 512,
+                        "step": 1,
+                        "tooltip": "How coarse the input mask is, in cells per image side: 22 for CLIPSeg, "
+                        "about 64 for SAM, more for a mask that is nearly right",
+                    },
+                ),
+            },
+        }
+
+    RETURN_TYPES = ("IMAGE", "MASK", "IMAGE")
+    RETURN_NAMES = ("foreground", "alpha", "composite")
+    OUTPUT_TOOLTIPS = (
+        "The foreground's own colours [B, H, W, 3], without the old background in the soft fringe: composite it "
+        "with alpha onto any background",
+        "Soft alpha [B, H, W] in [0, 1]: crisp where the edge is sharp, fractional where hair, fur or blur are",
+        "The foreground composited with alpha onto the chosen background colour [B, H, W, 3]",
+    )
+    FUNCTION = "matte"
+    CATEGORY = "textmask/masking"
+    DESCRIPTION = (
+        "Soft alpha (crisp edges where the photo's are crisp, soft where hair, defocus or motion blur are) and the "
+        "foreground colours without the old background; plus the cut-out composited on a colour."
+    )
+
+    def matte(self, images: Any, masks: Any, background: str = "#ffffff", coarseness: int = 22) -> tuple[Any, Any, Any]:
+        """IMAGE ``[B, H, W, C]`` and MASK ``[B', h, w]`` (one may be a batch of one; a mask of another size is
+        resized) → foreground IMAGE ``[B, H, W, 3]``, alpha MASK ``[B, H, W]``, composite IMAGE ``[B, H, W, 3]``."""
+        from . import runtime
+
+        return runtime.matte_images(images, masks, background=background, grid=int(coarseness))
+
+
 class TextmaskMaskToInstances:
     """Split masks into their objects (connected regions above a threshold), largest first, with boxes.
 
@@ -721,6 +794,7 @@ NODE_CLASS_MAPPINGS = {
     "TextmaskCLIPSegMasking": TextmaskCLIPSegMasking,
     "TextmaskCLIPSegExampleMasking": TextmaskCLIPSegExampleMasking,
     "TextmaskRefineMask": TextmaskRefineMask,
+    "TextmaskMatte": TextmaskMatte,
     "TextmaskMaskToInstances": TextmaskMaskToInstances,
     "TextmaskTrackMasks": TextmaskTrackMasks,
 }
@@ -732,6 +806,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "TextmaskCLIPSegMasking": "CLIPSeg Masking (textmask)",
     "TextmaskCLIPSegExampleMasking": "CLIPSeg Masking by Example (textmask)",
     "TextmaskRefineMask": "Refine Mask (textmask)",
+    "TextmaskMatte": "Matte (textmask)",
     "TextmaskMaskToInstances": "Mask to Instances (textmask)",
     "TextmaskTrackMasks": "Track Masks (textmask)",
 }

@@ -525,16 +525,31 @@ def run_masks(
     return masks
 
 
-def refine_masks(images: Any, masks: Any, **settings: Any) -> torch.Tensor:
-    """The Refine Mask node: IMAGE ``[B, H, W, C]`` and MASK ``[B', h, w]`` → ``[B, H, W]`` refined masks on
-    ComfyUI's output device. A batch of one image or one mask is used for every item of the other; a mask of
-    another size than the images is resized (bilinear) first. ``settings`` are :class:`textmask.RefineOptions`
-    fields."""
-    from ..edges import refine
+def matte_images(images: Any, masks: Any, background: Any = "#ffffff", grid: int = 22) -> tuple[Any, Any, Any]:
+    """The Matte node: IMAGE ``[B, H, W, C]`` and MASK ``[B', h, w]`` → ``(foreground [B, H, W, 3], alpha
+    [B, H, W], composite on ``background`` [B, H, W, 3])`` on ComfyUI's output device (broadcast and resize as
+    :func:`refine_masks`)."""
+    from ..matting import matte
+    from ..postprocess import parse_colour
 
+    try:
+        colour = parse_colour(background) or (255, 255, 255)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    batch, values = _image_mask_pair(images, masks, "matte")
+    count = max(values.shape[0], batch.shape[0])
+    alpha, fg = matte(batch.expand(count, -1, -1, -1), values.expand(count, -1, -1).clamp(0, 1), grid=grid)
+    paint = torch.tensor(colour, dtype=fg.dtype, device=fg.device) / 255.0
+    composite = alpha[..., None] * fg + (1 - alpha[..., None]) * paint
+    device = output_device()
+    return fg.to(device), alpha.to(device), composite.to(device)
+
+
+def _image_mask_pair(images: Any, masks: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """IMAGE and MASK for the refine and matte nodes: one size, masks resized to the images, batches that match."""
     batch = as_images(images)
     if isinstance(batch, list):
-        raise InputError("images: the images of a batch to refine must share one size")
+        raise InputError(f"images: the images of a batch to {what} must share one size")
     if not isinstance(masks, torch.Tensor):
         raise InputError(f"masks: expected a MASK tensor [B, H, W], got {type(masks).__name__}")
     values = as_masks(masks)
@@ -543,6 +558,17 @@ def refine_masks(images: Any, masks: Any, **settings: Any) -> torch.Tensor:
         values = F.interpolate(values[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
     if values.shape[0] != batch.shape[0] and 1 not in (values.shape[0], batch.shape[0]):
         raise InputError(f"masks: a batch of {values.shape[0]} does not match images' batch of {batch.shape[0]}")
+    return batch, values
+
+
+def refine_masks(images: Any, masks: Any, **settings: Any) -> torch.Tensor:
+    """The Refine Mask node: IMAGE ``[B, H, W, C]`` and MASK ``[B', h, w]`` → ``[B, H, W]`` refined masks on
+    ComfyUI's output device. A batch of one image or one mask is used for every item of the other; a mask of
+    another size than the images is resized (bilinear) first. ``settings`` are :class:`textmask.RefineOptions`
+    fields."""
+    from ..edges import refine
+
+    batch, values = _image_mask_pair(images, masks, "refine")
     count = max(values.shape[0], batch.shape[0])
     refined = refine(batch.expand(count, -1, -1, -1), values.expand(count, -1, -1).clamp(0, 1), **settings)
     return refined.to(output_device())

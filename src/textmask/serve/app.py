@@ -12,6 +12,7 @@ moves bytes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import os
@@ -24,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -36,6 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..errors import ImageTooLargeError, InputError, PromptError, TextmaskError, first_line
+from ..postprocess import parse_colour
 from .batcher import BatchStats, ClientGone, MicroBatcher, QueueFull
 from .config import MAX_PROMPT_CHARS, ServeConfig
 from .metrics import CONTENT_TYPE, Metrics
@@ -45,6 +47,30 @@ log = logging.getLogger("textmask.serve")
 
 STATIC = Path(__file__).parent / "static"
 OUTPUTS = ("mask", "cutout", "overlay", "json")
+# Request fields beside the mask options, described as /v1/info describes those (the web page builds controls).
+CUTOUT_FIELDS: dict[str, dict[str, Any]] = {
+    "matte": {
+        "name": "matte",
+        "type": "boolean",
+        "nullable": False,
+        "default": False,
+        "choices": None,
+        "min": None,
+        "max": None,
+        "description": "Soft alpha where the truth is soft (hair, defocus, motion blur), crisp edges "
+        "elsewhere (textmask.matte); the cutout takes the estimated foreground colours (no old-background fringe).",
+    },
+    "background": {
+        "name": "background",
+        "type": "string",
+        "nullable": True,
+        "default": None,
+        "choices": None,
+        "min": None,
+        "max": None,
+        "description": "Cutout: composite onto this colour (white, #RRGGBB or R,G,B) as an RGB PNG instead of alpha.",
+    },
+}
 PROTECTED = ("/v1/", "/metrics")  # need the API key when one is set (the page, docs and probes do not)
 PAGE_POLICY = (
     "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
@@ -254,11 +280,12 @@ def decode_upload(data: bytes, filename: str, max_pixels: int) -> Any:
     return read_image(filename, name="image", data=data)
 
 
-def encode_answer(kind: str, image: Any, masks: Any, bits: int) -> bytes:
-    """The PNG of one output (I/O thread): the CLI's own renderer and encoder."""
+def encode_answer(kind: str, image: Any, masks: Any, bits: int, **cutout: Any) -> bytes:
+    """The PNG of one output (I/O thread): the CLI's own renderer and encoder (``cutout``: ``matte=``,
+    ``background=``)."""
     from ..batch.job import render_png
 
-    return render_png(kind, image, masks[0], bits)
+    return render_png(kind, image, masks[0], bits, **cutout)
 
 
 def score_answer(
@@ -529,7 +556,7 @@ def _swagger_assets() -> Path | None:
 def _add_routes(app: FastAPI, service: Service) -> None:
     config = service.config
     names = [spec.name for spec in service.fields]
-    reserved = {"image", "prompt", "negative", "output", "bits", "request"}
+    reserved = {"image", "prompt", "negative", "output", "bits", "request", *CUTOUT_FIELDS}
     clash = reserved & set(names)
     if clash:  # a MaskOptions field named like a request field: a bug to fix, not to serve around
         raise RuntimeError(f"MaskOptions fields {sorted(clash)} clash with the request's own fields")
@@ -567,6 +594,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
             "bits": [8, 16],
             "url_fetching": False,
             "options": [spec.describe() for spec in service.fields],
+            "cutout": list(CUTOUT_FIELDS.values()),
         }
 
     @app.get("/metrics", summary="Prometheus metrics", tags=["probes"])
@@ -574,8 +602,10 @@ def _add_routes(app: FastAPI, service: Service) -> None:
         return Response(service.metrics.render(), media_type=CONTENT_TYPE)
 
     async def mask(request: Request, image: UploadFile, prompt: list[str], negative: list[str], output: str,
-                   bits: int, **options: Any) -> Response:  # fmt: skip
-        return await _answer(service, request, image, prompt, negative, output, bits, options)
+                   bits: int, matte: bool = False, background: str | None = None,
+                   **options: Any) -> Response:  # fmt: skip
+        cutout = {"matte": matte, "background": background}
+        return await _answer(service, request, image, prompt, negative, output, bits, options, cutout)
 
     mask.__signature__ = _mask_signature(service.fields)  # type: ignore[attr-defined]
     app.post(
@@ -640,6 +670,10 @@ def _mask_signature(specs: list[OptionField]) -> inspect.Signature:
         inspect.Parameter("output", keyword, annotation=str, default=Form(
             "mask", description="mask (grey PNG), cutout (RGBA PNG), overlay (heat map PNG) or json (scores).")),
         inspect.Parameter("bits", keyword, annotation=int, default=Form(8, description="Mask PNG bit depth: 8 or 16.")),
+        inspect.Parameter("matte", keyword, annotation=bool, default=Form(
+            False, description=CUTOUT_FIELDS["matte"]["description"])),
+        inspect.Parameter("background", keyword, annotation=Optional[str], default=Form(  # noqa: UP045
+            None, description=CUTOUT_FIELDS["background"]["description"])),
     ]  # fmt: skip
     for spec in specs:
         default = Form(spec.default, description=spec.description or None)
@@ -656,8 +690,10 @@ async def _answer(
     output: str,
     bits: int,
     options: dict[str, Any],
+    cutout: dict[str, Any] | None = None,
 ) -> Response:
-    """``POST /v1/mask``: check the fields, decode, batch, render."""
+    """``POST /v1/mask``: check the fields, decode, batch, render (``cutout``: the ``matte`` and ``background``
+    fields)."""
     from ..engine import MaskRequest
     from ..postprocess import MaskOptions
 
@@ -665,7 +701,7 @@ async def _answer(
     unavailable = service.unavailable()
     if unavailable is not None:
         raise unavailable
-    known = {"image", "prompt", "negative", "output", "bits", *options}
+    known = {"image", "prompt", "negative", "output", "bits", *CUTOUT_FIELDS, *options}
     unknown = sorted(set((await request.form()).keys()) - known)
     if unknown:
         raise ApiError(422, "unknown_field", f"{unknown[0]}: not a field of this API (see /docs)", unknown[0])
@@ -680,6 +716,14 @@ async def _answer(
         raise ApiError(422, "invalid_field", f"output: {output!r} is not one of {list(OUTPUTS)}", "output")
     if bits not in (8, 16):
         raise ApiError(422, "invalid_field", f"bits: must be 8 or 16, got {bits}", "bits")
+    cutout = dict(cutout or {})
+    try:
+        cutout["background"] = parse_colour(cutout.get("background"))
+    except ValueError as exc:
+        raise ApiError(422, "invalid_field", first_line(exc), "background") from None
+    cutout["matte"] = bool(cutout.get("matte"))
+    if cutout["matte"]:  # the matte's alpha is the mask; the cut-out takes the estimated foreground
+        options = {**options, "refine": "matte"}
     try:
         mask_options = build_options(options)
     except (ValueError, TypeError) as exc:
@@ -729,7 +773,7 @@ async def _answer(
             body = await service.in_thread(score_answer, results[0], results[1], prompts, negatives, unique, level)
             body.update(model=config.model, options=asdict(mask_options))
             return JSONResponse(body, headers=_timing(started, decoded, computed))
-        png = await service.in_thread(encode_answer, output, loaded, results[0], bits)
+        png = await service.in_thread(functools.partial(encode_answer, **cutout), output, loaded, results[0], bits)
         stem = Path(filename).stem or "image"
         disposition = f'inline; filename="{stem}.{output}.png"'
         headers = {"Content-Disposition": disposition, **_timing(started, decoded, computed)}

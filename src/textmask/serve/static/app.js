@@ -12,6 +12,8 @@
     grow: { label: "Grow / shrink", main: true, min: -64, max: 64, step: 1, unit: "px" },
     blur: { label: "Blur", main: true, min: 0, max: 32, step: 0.5, unit: "px" },
     refine: { label: "Refine edges", main: true },
+    matte: { label: "Matte (soft edges, clean cut-out colours)", main: true },
+    background: { label: "Cut-out background colour", main: true, colour: true },
     feather: { label: "Feather", min: 0, max: 64, step: 0.5, unit: "px" },
     threshold_softness: { label: "Threshold softness", min: 0, max: 1, step: 0.01 },
     normalize: { label: "Normalize" },
@@ -214,6 +216,28 @@
       right.appendChild(value);
       head.appendChild(right);
       wrap.appendChild(slider);
+      return wrap;
+    }
+    if (preset.colour) {  // a colour picker, off (alpha kept) until its box is ticked
+      const enable = document.createElement("input");
+      enable.type = "checkbox";
+      enable.id = `${id}-on`;
+      const picker = document.createElement("input");
+      picker.type = "color";
+      picker.id = id;
+      picker.value = "#ffffff";
+      picker.disabled = true;
+      const update = () => {
+        picker.disabled = !enable.checked;
+        setValue(field, enable.checked ? picker.value : null);
+      };
+      enable.addEventListener("change", update);
+      picker.addEventListener("input", update);
+      const toggle = document.createElement("label");
+      toggle.className = "switch";
+      toggle.append(enable, document.createTextNode("On"));
+      head.appendChild(toggle);
+      wrap.appendChild(picker);
       return wrap;
     }
     const text = document.createElement("input");
@@ -472,7 +496,7 @@
       }
       const info = await response.json();
       state.info = info;
-      if (!state.fields.length) buildControls(info.options);
+      if (!state.fields.length) buildControls([...info.options, ...(info.cutout || [])]);
       const model = /^[./~]/.test(info.model) ? info.model.replace(/\/+$/, "").split("/").pop() : info.model;
       badge.textContent = `${model} · ${info.device} · ${info.dtype}`;
       badge.title = `Model ${info.model} on ${info.device} (${info.dtype}), textmask ${info.version}`;
