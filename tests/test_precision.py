@@ -202,7 +202,7 @@ def test_the_faces_show_the_precision_and_its_agreement(
 
     result = invoke("info")
     assert result.exit_code == 0, result.output
-    assert "random-tiny bfloat16: 0.0" in result.output and "(holds)" in result.output
+    assert f"{folder.name} bfloat16: 0.0" in result.output and "(holds)" in result.output
     from textmask.info import environment
 
     assert environment()["precision_checks"][0]["precision"] == "bfloat16"

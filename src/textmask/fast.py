@@ -260,8 +260,9 @@ def _smooth(
     """Fold shifts and smoothing factors into float parts (exact in real arithmetic): ``qkv``'s into ``norm1``,
     ``fc1``'s into ``norm2``, ``out_proj``'s into the value rows of ``qkv`` (attention is linear in the values, and
     its weights sum to 1, so a value offset comes out as it went in)."""
-    for name, offsets in (shift or {}).items():
-        offsets = offsets.to(torch.float32)
+    shift = shift or {}
+    for name in sorted(shift, key=_fold_order):  # one order, so that a plan read back gives the same bits
+        offsets = shift[name].to(torch.float32)
         linear = linears[name]
         linear.bias.add_(linear.weight @ offsets)
         if name in ("qkv", "fc1"):
@@ -270,8 +271,8 @@ def _smooth(
             linears["qkv"].bias[2 * offsets.numel() :].sub_(offsets)
         else:
             raise ValueError(f"a shift of {name!r} cannot be folded into the layer")
-    for name, factors in smooth.items():
-        factors = factors.to(torch.float32)
+    for name in sorted(smooth, key=_fold_order):
+        factors = smooth[name].to(torch.float32)
         linear = linears[name]
         linear.weight.mul_(factors[None, :])
         if name in ("qkv", "fc1"):
@@ -285,6 +286,10 @@ def _smooth(
             qkv.bias[2 * width :].div_(factors)
         else:
             raise ValueError(f"smoothing of {name!r} cannot be folded into the layer")
+
+
+def _fold_order(name: str) -> int:
+    return LINEARS.index(name) if name in LINEARS else len(LINEARS)
 
 
 def _recorder(store: dict[str, torch.Tensor], name: str) -> Callable[..., None]:

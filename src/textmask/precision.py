@@ -133,11 +133,19 @@ def scene_logits(session: Any, levels: Sequence[torch.Tensor], prompts: Sequence
     return torch.cat(parts)
 
 
-def measure(session: Any, reference: Any, indices: Sequence[int] = CHECK_SCENES) -> Agreement:
+def measure(session: Any, reference: Any, indices: Sequence[int] | None = None) -> Agreement:
     """The agreement of ``session``'s logits with ``reference``'s (a float32 session of the same model) on the
-    built-in calibration scenes ``indices`` with :data:`CHECK_PROMPTS`."""
+    built-in calibration scenes ``indices`` (default :data:`CHECK_SCENES`) with :data:`CHECK_PROMPTS`.
+
+    Test-sized models (vision width under 256, such as ``random-tiny``) are checked on half the scenes and prompts
+    by default: their check is then a second or two, and the test suite runs it many times."""
+    prompts = CHECK_PROMPTS
+    if indices is None:
+        indices = CHECK_SCENES
+        if session.clipseg.config.vision_config.hidden_size < 256:
+            indices, prompts = CHECK_SCENES[: len(CHECK_SCENES) // 2], CHECK_PROMPTS[: len(CHECK_PROMPTS) // 2]
     levels = scenes(indices)
-    return logit_agreement(scene_logits(reference, levels, CHECK_PROMPTS), scene_logits(session, levels, CHECK_PROMPTS))
+    return logit_agreement(scene_logits(reference, levels, prompts), scene_logits(session, levels, prompts))
 
 
 # ------------------------------------------------------------------------------------------- cache
@@ -184,6 +192,12 @@ def cache_key(loaded: Any, what: str) -> dict[str, Any]:
         "pixels": repr(loaded.preprocess),
         "weights": model_identity(loaded),
     }
+
+
+def _model_name(loaded: Any) -> str:
+    """The model's name for people: its source, or its folder's name when the source is a path."""
+    source = str(loaded.source)
+    return Path(source).name if ("/" in source and Path(source).expanduser().is_dir()) else source
 
 
 def cache_path(loaded: Any, what: str, suffix: str) -> tuple[Path, dict[str, Any]]:
@@ -354,7 +368,7 @@ def check(session: Any, reference: Callable[[], Any]) -> PrecisionCheck:
         log.info("checked %s of %s against float32 in %.1f s: %s", name, loaded.source, seconds, agreement)
         record = {
             "key": key,
-            "model": str(loaded.source),
+            "model": _model_name(loaded),
             "agreement": asdict(agreement),
             "holds": agreement.holds(),
             "seconds": round(seconds, 2),
