@@ -2,6 +2,7 @@
 
     python benchmarks/int8_steps.py --models random-tiny random-tiny-outliers
     python benchmarks/int8_steps.py             # random-full and its stand-ins (a few minutes on 2 cores)
+    python benchmarks/int8_steps.py --speed --models random-full   # the tower's time, before against now
 
 Relative logit RMS and IoU at logit 0 against float32 (textmask.precision) on the held-out calibration scenes,
 for: per-tensor int8 (textmask before issue 22), + per-channel weights, + SmoothQuant smoothing, + centring each
@@ -35,12 +36,45 @@ STEPS = {
 }
 
 
+def speed(model: str, images: int, repeats: int) -> None:
+    """The vision tower (layers 0–9) of torch's int8 mode before issue 22 (per-tensor, no smoothing) and now (the
+    model's cached plan), interleaved in one process, best of ``repeats``; the ratio is what counts."""
+    reference = textmask.load(model, check_precision=False)
+    session = textmask.load(model, dtype="fast", backend="torch", check_precision=False)
+    cpu = torch.device("cpu")
+    variants = {
+        "before (per-tensor)": fast_vision_layers(reference._vision_layers, torch.float32, cpu, "int8", None),
+        "now": session._vision_layers,
+    }
+    kept = sum(len(plan.keep_float) for plan in precision.int8_plans(reference))
+    hidden = torch.randn(images, 485, reference.clipseg.config.vision_config.hidden_size)
+    best = dict.fromkeys(variants, float("inf"))
+    with torch.inference_mode():
+        for _ in range(repeats):
+            for name, layers in variants.items():
+                started = time.perf_counter()
+                out = hidden
+                for layer in layers:
+                    out = layer(out)
+                best[name] = min(best[name], time.perf_counter() - started)
+    for name, seconds in best.items():
+        ratio = seconds / best["before (per-tensor)"]
+        print(f"{model} vision tower, {name}: {seconds / images:.3f} s/image, {ratio:.3f}× before's time")
+    print(f"(linear maps kept in float now: {kept})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument(
         "--models", nargs="+", default=["random-full", "random-full-outliers", "random-full-int8-breaker"]
     )
+    parser.add_argument("--speed", action="store_true", help="time before against now instead (first model)")
+    parser.add_argument("--images", type=int, default=4, help="--speed: images per pass")
+    parser.add_argument("--repeats", type=int, default=6, help="--speed: interleaved repeats, best kept")
     args = parser.parse_args()
+    if args.speed:
+        speed(args.models[0], args.images, args.repeats)
+        return
     levels = precision.scenes(precision.CHECK_SCENES)
     prompts = precision.CHECK_PROMPTS
     rows: dict[str, dict[str, str]] = {}

@@ -206,3 +206,24 @@ def test_the_faces_show_the_precision_and_its_agreement(
     from textmask.info import environment
 
     assert environment()["precision_checks"][0]["precision"] == "bfloat16"
+
+
+def test_the_server_reports_the_check(cache: Path) -> None:
+    pytest.importorskip("fastapi")
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from textmask.serve import ServeConfig, create_app
+
+    config = ServeConfig(model=PLAIN, device="cpu", dtype="bfloat16", backend="torch")
+    with TestClient(create_app(config)) as client:
+        deadline = time.monotonic() + 300
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "the server was not ready after 300 s"
+            time.sleep(0.1)
+        info = client.get("/v1/info").json()
+    assert info["dtype"] == "bfloat16", info
+    check = info["precision_check"]
+    assert check["precision"] == "bfloat16" and check["holds"] and 0 < check["relative_logit_rms"] < 0.04, check
+    assert check["bound"] == {"relative_logit_rms": precision.RELATIVE_RMS_BOUND, "iou_at_logit_0": precision.IOU_BOUND}
