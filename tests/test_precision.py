@@ -227,3 +227,14 @@ def test_the_server_reports_the_check(cache: Path) -> None:
     check = info["precision_check"]
     assert check["precision"] == "bfloat16" and check["holds"] and 0 < check["relative_logit_rms"] < 0.04, check
     assert check["bound"] == {"relative_logit_rms": precision.RELATIVE_RMS_BOUND, "iou_at_logit_0": precision.IOU_BOUND}
+
+
+def test_a_check_that_cannot_run_says_so(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("not enough memory")
+
+    monkeypatch.setattr(precision, "measure", out_of_memory)
+    session = Segmenter(load_model(PLAIN, dtype="bfloat16", backend="torch", reuse=False))
+    with pytest.warns(PrecisionFallbackWarning, match="could not check bfloat16 against float32 .*not enough memory"):
+        runs = precision.ensure_holds(session, load=out_of_memory, reference=out_of_memory)
+    assert runs is session and runs.precision_check.agreement is None

@@ -465,7 +465,14 @@ def ensure_holds(session: Any, load: Callable[[str, str], Any], reference: Calla
             made.append(reference())
         return made[0]
 
-    result = session.precision_check = check(session, float32_reference)
+    try:
+        result = session.precision_check = check(session, float32_reference)
+    except (RuntimeError, OSError, ValueError) as exc:  # out of memory, a broken cache...: run as asked, and say so
+        message = f"textmask: could not check {session.precision_name} against float32 ({exc}); running it unchecked"
+        log.warning(message)
+        warnings.warn(message, PrecisionFallbackWarning, stacklevel=4)
+        session.precision_check = PrecisionCheck(session.precision_name, None, True)
+        return session
     tried: list[tuple[str, Agreement | None]] = []
     for dtype, backend in fallback_chain(session):
         if result.holds:
