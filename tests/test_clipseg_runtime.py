@@ -250,7 +250,10 @@ def test_pickled_weights_load_only_when_allowed(tiny_model_dir: Path, tmp_path: 
     assert pickled.clipseg.has_full_vision_tower  # read whole (torch.load), so nothing is left for later
     reference = textmask.Segmenter(load_model(str(tiny_model_dir), reuse=False))
     image = np.full((30, 40, 3), 77, np.uint8)
-    assert torch.equal(pickled.predict(image, "a cat"), reference.predict(image, "a cat"))
+    # The same weights at another memory alignment: torch.load's tensors are 64-byte aligned, mmapped safetensors'
+    # are not (the header's length decides), and MKL's kernels take other paths for them, so the last bits differ
+    # (4e-7 in probability here). Same computation, so float rounding is the only allowed difference.
+    torch.testing.assert_close(pickled.predict(image, "a cat"), reference.predict(image, "a cat"), rtol=0, atol=1e-5)
 
 
 def test_a_folder_without_tokenizer_files_uses_the_shipped_clip_tokenizer(tiny_model_dir: Path, tmp_path) -> None:

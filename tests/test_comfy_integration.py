@@ -4,6 +4,11 @@ Runs only when ``COMFYUI_DIR`` points at a ComfyUI checkout (skipped otherwise):
 
     COMFYUI_DIR=/path/to/ComfyUI python -m pytest tests/test_comfy_integration.py -v
 
+With ``COMFYUI_EXTRA_PACKS`` (checkouts of other packs, separated by ``os.pathsep``; each is linked into
+``custom_nodes`` under its folder name) the interop tests run too: KJNodes (``ComfyUI-KJNodes``) and Impact Pack
+(``ComfyUI-Impact-Pack``, with its subpack in ``impact_subpack``) fed by Mask to Instances, and Impact's
+``CLIPSegDetectorProvider`` on textmask's ``CLIPSeg`` drop-in.
+
 ComfyUI is started with ``COMFYUI_PYTHON`` (default: the Python running pytest) as
 ``main.py --cpu --listen 127.0.0.1 --port <free port>`` with ``HF_HUB_OFFLINE=1`` and a temporary
 ``--base-directory``: the pack is symlinked into its ``custom_nodes``, the tiny random model is placed in its
@@ -13,6 +18,7 @@ the database stay there too, so the checkout is never touched.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -21,6 +27,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,8 +39,10 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOWS = ROOT / "examples" / "workflows"
+WORKFLOWS = ROOT / "examples" / "workflows"  # API format
+TEMPLATES = ROOT / "example_workflows"  # UI format, where ComfyUI's Templates browser finds them
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
+EXTRA_PACKS = [Path(p) for p in os.environ.get("COMFYUI_EXTRA_PACKS", "").split(os.pathsep) if p]
 
 pytestmark = [
     pytest.mark.comfyui,
@@ -55,8 +64,11 @@ def _free_port() -> int:
 def _request(url: str, body: Any = None, timeout: float = 30) -> Any:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        raw = response.read()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as error:  # say why (ComfyUI's 400 names the node and input)
+        raise AssertionError(f"{url}: HTTP {error.code}: {error.read().decode(errors='replace')[:2000]}") from None
     return json.loads(raw) if raw else None
 
 
@@ -88,6 +100,8 @@ def comfyui(tmp_path_factory, tiny_model_dir):
     (base / "input").mkdir()
     link = base / "custom_nodes" / "textmask"
     link.symlink_to(ROOT, target_is_directory=True)
+    for pack in EXTRA_PACKS:
+        (base / "custom_nodes" / pack.name).symlink_to(pack.resolve(), target_is_directory=True)
     repo = base / "models" / "clipseg" / "models--CIDAS--clipseg-rd64-refined"
     shutil.copytree(tiny_model_dir, repo / "snapshots" / "0123456789abcdef")
     (repo / "refs").mkdir()
@@ -185,9 +199,12 @@ def _levels_apart(saved: np.ndarray, expected: np.ndarray) -> int:
 def test_the_pack_registers_its_nodes(comfyui):
     from textmask.comfy import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
-    assert "IMPORT FAILED" not in comfyui.log.read_text()
+    log = comfyui.log.read_text()
+    ours = [line for line in log.splitlines() if "custom_nodes" in line and line.rstrip().endswith("textmask")]
+    assert ours and not [line for line in ours if "IMPORT FAILED" in line], ours  # textmask's own import line
+    assert "textmask: registered drop-ins for biegert's ComfyUI-CLIPSeg: CLIPSeg, CombineSegMasks" in log
     for name, cls in NODE_CLASS_MAPPINGS.items():
-        info = _request(f"{comfyui.url}/object_info/{name}")[name]
+        info = _request(f"{comfyui.url}/object_info/{urllib.parse.quote(name)}")[name]
         assert info["display_name"] == NODE_DISPLAY_NAME_MAPPINGS[name]
         assert info["category"] == cls.CATEGORY
         assert tuple(info["output"]) == cls.RETURN_TYPES and tuple(info["output_name"]) == cls.RETURN_NAMES
@@ -377,7 +394,7 @@ def _ui_to_api(workflow: dict[str, Any], object_info: dict[str, Any]) -> dict[st
 
 @pytest.mark.parametrize("name", ["salt_clipseg_masking", "textmask_clipseg_masking"])
 def test_ui_workflows_match_their_api_versions(comfyui, name):
-    ui = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    ui = json.loads((TEMPLATES / f"{name}.json").read_text())
     api = json.loads((WORKFLOWS / f"{name}_api.json").read_text())
     object_info = _request(f"{comfyui.url}/object_info")
     converted = _ui_to_api(ui, object_info)
@@ -387,3 +404,154 @@ def test_ui_workflows_match_their_api_versions(comfyui, name):
         assert origin["outputs"][link[2]]["type"] == link[5]
         target = next(n for n in ui["nodes"] if n["id"] == link[3])
         assert target["inputs"][link[4]]["type"] == link[5] and target["inputs"][link[4]]["link"] == link[0]
+
+
+# ----------------------------------------------------------------------------------- templates
+def test_the_templates_browser_lists_the_example_workflows(comfyui):
+    templates = _request(f"{comfyui.url}/api/workflow_templates")
+    expected = sorted(path.stem for path in TEMPLATES.glob("*.json"))
+    assert sorted(templates["textmask"]) == expected and len(expected) >= 4
+    for name in expected:  # served where the frontend fetches them, each with its thumbnail
+        workflow = _request(f"{comfyui.url}/api/workflow_templates/textmask/{name}.json")
+        assert workflow["nodes"] and workflow["links"] is not None  # UI format, not API format
+        with urllib.request.urlopen(f"{comfyui.url}/api/workflow_templates/textmask/{name}.jpg", timeout=30) as answer:
+            assert answer.headers["Content-Type"] == "image/jpeg" and 1000 < len(data := answer.read()) < 100_000
+        assert Image.open(io.BytesIO(data)).size == (512, 512)  # square, like the browser's cards
+
+
+# --------------------------------------------------------------------- saved workflows of other packs
+def _pack_reference(comfyui: SimpleNamespace, model_dir: Path) -> dict[str, np.ndarray]:
+    """biegert's and WAS's algorithms (tests/clipseg_packs_reference.py) in ComfyUI's own Python."""
+    out = comfyui.base / "packs-reference.npz"
+    if not out.exists():
+        script = Path(__file__).with_name("clipseg_packs_reference.py")
+        subprocess.run(
+            [comfyui.python, str(script), str(model_dir), str(comfyui.base / "input" / "example.png"), str(out)],
+            check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, timeout=300,
+        )  # fmt: skip
+    return dict(np.load(out))
+
+
+def _close(saved: np.ndarray, expected: np.ndarray) -> int:
+    """Levels apart: SaveImage truncates to 8 bits, so a value within 1/255 may land 2 levels away."""
+    levels = np.floor(np.clip(expected, 0, 1) * 255 + 1e-4).astype(np.int16)
+    return int(np.abs(saved.astype(np.int16) - levels).max())
+
+
+@pytest.mark.parametrize("name", ["biegert_clipseg_combine", "was_clipseg_masking"])
+def test_saved_workflows_of_the_orphaned_packs_run_unchanged(comfyui, tiny_model_dir, name):
+    object_info = _request(f"{comfyui.url}/object_info")
+    prompt = _ui_to_api(json.loads((TEMPLATES / f"{name}.json").read_text()), object_info)
+    entry = _run(comfyui, prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    expected = _pack_reference(comfyui, tiny_model_dir)
+    if name.startswith("biegert"):
+        assert _close(_saved(comfyui, entry, "5"), expected["biegert_bw"][0]) <= 2
+        assert _close(_saved(comfyui, entry, "6"), expected["biegert_combined"][0]) <= 2
+    else:
+        assert _close(_saved(comfyui, entry, "4"), expected["was_mask"][0]) <= 2
+        batch = _saved_all(comfyui, entry, "6")
+        assert len(batch) == 2 and all(_close(s, e) <= 2 for s, e in zip(batch, expected["was_batch"]))
+
+
+# ------------------------------------------------------------------------ other packs, when given
+needs_packs = pytest.mark.skipif(
+    not {"ComfyUI-KJNodes", "ComfyUI-Impact-Pack"} <= {pack.name for pack in EXTRA_PACKS},
+    reason="set COMFYUI_EXTRA_PACKS to checkouts of ComfyUI-KJNodes and ComfyUI-Impact-Pack",
+)
+
+FRAME_OBJECTS = [[(4, 14, 6, 26), (25, 33, 40, 46)], [], [(20, 36, 30, 50)]]  # [objects, empty, objects]: y0 y1 x0 x1
+
+
+def _frames(comfyui: SimpleNamespace) -> np.ndarray:
+    frames = np.full((3, 48, 64, 3), 64, dtype=np.uint8)
+    for index, objects in enumerate(FRAME_OBJECTS):
+        for y0, y1, x0, x1 in objects:
+            frames[index, y0:y1, x0:x1] = 255
+        Image.fromarray(frames[index]).save(comfyui.base / "input" / f"frame{index}.png")
+    return frames
+
+
+@needs_packs
+def test_mask_to_instances_feeds_kjnodes_and_impact_frame_by_frame(comfyui):
+    import textmask
+
+    frames = _frames(comfyui)
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "frame0.png"}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "frame1.png"}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": "frame2.png"}},
+        "4": {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["2", 0]}},
+        "5": {"class_type": "ImageBatch", "inputs": {"image1": ["4", 0], "image2": ["3", 0]}},
+        "6": {"class_type": "ImageToMask", "inputs": {"image": ["5", 0], "channel": "red"}},
+        "7": {"class_type": "TextmaskMaskToInstances",
+              "inputs": {"masks": ["6", 0], "threshold": 0.5, "min_area": 0, "max_instances": 0, "label": "box"}},
+        "8": {"class_type": "BboxVisualize",
+              "inputs": {"images": ["5", 0], "bboxes": ["7", 2], "line_width": 1, "bbox_format": "xywh"}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "textmask/kj"}},
+        "10": {"class_type": "BboxToInt", "inputs": {"bboxes": ["7", 2], "index": 2}},
+        "11": {"class_type": "ImageCrop", "inputs": {"image": ["5", 0], "width": ["10", 2], "height": ["10", 3],
+                                                     "x": ["10", 0], "y": ["10", 1]}},
+        "12": {"class_type": "SaveImage", "inputs": {"images": ["11", 0], "filename_prefix": "textmask/crop"}},
+        "13": {"class_type": "SegsToCombinedMask", "inputs": {"segs": ["7", 5]}},
+        "14": {"class_type": "MaskToImage", "inputs": {"mask": ["13", 0]}},
+        "15": {"class_type": "SaveImage", "inputs": {"images": ["14", 0], "filename_prefix": "textmask/perframe"}},
+        "16": {"class_type": "ImpactSEGSToMaskList", "inputs": {"segs": ["7", 3]}},
+        "17": {"class_type": "MaskToImage", "inputs": {"mask": ["16", 0]}},
+        "18": {"class_type": "SaveImage", "inputs": {"images": ["17", 0], "filename_prefix": "textmask/segs"}},
+    }  # fmt: skip
+    entry = _run(comfyui, prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    drawn = _saved_all(comfyui, entry, "9")
+    assert len(drawn) == 3  # one drawn frame per frame, the empty one included
+    for index, (picture, objects) in enumerate(zip(drawn, FRAME_OBJECTS)):
+        red = (picture[..., 0] == 255) & (picture[..., 1] == 0)
+        expected = np.zeros((48, 64), dtype=bool)
+        if objects:  # the frame's largest object, drawn on this frame
+            y0, y1, x0, x1 = max(objects, key=lambda o: (o[1] - o[0]) * (o[3] - o[2]))
+            expected[y0, x0:x1] = expected[y1, x0:x1] = expected[y0:y1, x0] = expected[y0:y1, x1] = True
+        assert np.array_equal(red, expected), index
+        assert np.array_equal(picture[~red], frames[index][~red])
+    crops = _saved_all(comfyui, entry, "12")  # BboxToInt(index=2): frame 2's box, cropped from every frame
+    assert len(crops) == 3 and all(crop.shape[:2] == (16, 20) for crop in crops)
+    assert (crops[2] == 255).all()  # exactly frame 2's object
+    per_frame = _saved_all(comfyui, entry, "15")  # SegsToCombinedMask once per frame
+    assert len(per_frame) == 3
+    for picture, frame in zip(per_frame, frames):
+        assert np.array_equal(picture[..., 0] == 255, frame[..., 0] == 255)
+    listed = _saved_all(comfyui, entry, "18")  # SEGSToMaskList of the batch SEGS: one mask per object
+    found = textmask.instances(torch.from_numpy(frames[..., 0] / 255.0).float(), threshold=0.5)
+    expected_masks = [mask for item in found for mask in item.masks]
+    assert len(listed) == len(expected_masks) == 3
+    for picture, mask in zip(listed, expected_masks):
+        assert np.array_equal(picture[..., 0] > 0, mask.numpy() > 0)
+
+
+@needs_packs
+def test_impact_clipseg_detector_runs_on_the_clipseg_drop_in(comfyui, tiny_model_dir):
+    import textmask
+
+    prompt = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
+        "2": {"class_type": "CLIPSegDetectorProvider",
+              "inputs": {"text": "a cat", "blur": 0.0, "threshold": 0.9, "dilation_factor": 0}},
+        "3": {"class_type": "ImpactSimpleDetectorSEGS",
+              "inputs": {"bbox_detector": ["2", 0], "image": ["1", 0], "bbox_threshold": 0.5, "bbox_dilation": 0,
+                         "crop_factor": 3.0, "drop_size": 1, "sub_threshold": 0.5, "sub_dilation": 0,
+                         "sub_bbox_expansion": 0, "sam_mask_hint_threshold": 0.7}},
+        "4": {"class_type": "SegsToCombinedMask", "inputs": {"segs": ["3", 0]}},
+        "5": {"class_type": "MaskToImage", "inputs": {"mask": ["4", 0]}},
+        "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "textmask/detector"}},
+    }  # fmt: skip
+    entry = _run(comfyui, prompt)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    combined = _saved(comfyui, entry, "6")[..., 0]
+    assert set(np.unique(combined)) <= {0, 255}
+    mask = _pack_reference(comfyui, tiny_model_dir)["detector_mask"] > 0  # biegert's CLIPSeg on the same settings
+    assert 0.02 < mask.mean() < 0.98, "a trivial mask would prove little"
+    detected = combined == 255
+    assert detected[mask].mean() > 0.99  # every object CLIPSeg found is in a SEGS
+    boxes = np.zeros_like(mask)  # and nothing outside the objects' boxes (Impact fills each box)
+    for x0, y0, x1, y1 in textmask.instances(torch.from_numpy(mask).float(), threshold=0.5).boxes.tolist():
+        boxes[y0:y1, x0:x1] = True
+    assert not (detected & ~boxes).any()

@@ -7,6 +7,7 @@ ComfyUI is exercised by tests/test_comfy_integration.py.
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import subprocess
 import sys
@@ -95,7 +96,11 @@ def assert_matches_seed(images, text, clipseg_model, node_model="same"):
 
 # ------------------------------------------------------------------------------------ contracts
 def test_mappings_list_every_node_with_a_display_name():
-    assert set(NODE_CLASS_MAPPINGS) == {
+    from textmask.comfy import OWN_NODES
+
+    assert set(NODE_CLASS_MAPPINGS) == {*OWN_NODES, "CLIPSeg", "CombineSegMasks", "CLIPSeg Masking",
+                                        "CLIPSeg Batch Masking", "CLIPSeg Model Loader"}  # fmt: skip
+    assert set(OWN_NODES) == {
         "SaltCLIPSegMasking",
         "SaltCLIPSegLoader",
         "TextmaskCLIPSegLoader",
@@ -103,6 +108,7 @@ def test_mappings_list_every_node_with_a_display_name():
         "TextmaskCLIPSegExampleMasking",
         "TextmaskRefineMask",
         "TextmaskMaskToInstances",
+        "TextmaskTrackMasks",
     }
     assert set(NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_CLASS_MAPPINGS)
     for name, cls in NODE_CLASS_MAPPINGS.items():
@@ -160,7 +166,7 @@ def test_our_nodes_declare_the_promised_inputs_and_outputs():
     # newer inputs come after the older optional widgets, so saved workflows keep their widget values
     assert list(masking["optional"]) == [
         "clipseg_model", "overlay_alpha", "example", "example_mask", "invert_example_mask", "example_mode",
-        "example_weight", "detail", "temporal_smoothing", "refine",
+        "example_weight", "detail", "temporal_smoothing", "refine", "stabilize",
     ]  # fmt: skip
     assert masking["optional"]["example"][0] == "IMAGE" and masking["optional"]["example_mask"][0] == "MASK"
     assert masking["optional"]["example_mode"][0] == ["separate", "blend"]
@@ -202,9 +208,10 @@ def test_pack_import_is_cheap_and_works_like_comfyui_loads_it():
         "spec = importlib.util.spec_from_file_location('custom_nodes_x_textmask', path)\n"
         "module = importlib.util.module_from_spec(spec); sys.modules[spec.name] = module\n"
         "spec.loader.exec_module(module)\n"
-        "assert sorted(module.NODE_CLASS_MAPPINGS) == ['SaltCLIPSegLoader', 'SaltCLIPSegMasking', "
+        "assert sorted(module.NODE_CLASS_MAPPINGS) == ['CLIPSeg', 'CLIPSeg Batch Masking', 'CLIPSeg Masking', "
+        "'CLIPSeg Model Loader', 'CombineSegMasks', 'SaltCLIPSegLoader', 'SaltCLIPSegMasking', "
         "'TextmaskCLIPSegExampleMasking', 'TextmaskCLIPSegLoader', 'TextmaskCLIPSegMasking', "
-        "'TextmaskMaskToInstances', 'TextmaskRefineMask'], "
+        "'TextmaskMaskToInstances', 'TextmaskRefineMask', 'TextmaskTrackMasks'], "
         "module.NODE_CLASS_MAPPINGS\n"
         "heavy = [m for m in ('torch', 'transformers', 'numpy', 'PIL') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
@@ -493,6 +500,11 @@ def test_advanced_node_detail_and_temporal_smoothing_are_the_engine(soft_pair):
     assert torch.equal(smoothed, stream(frames)[:, 0])
     plain, _, _ = node.mask(frames, "a cat", threshold=0.5, batch_size=2, clipseg_model=soft_pair, **common)
     assert not torch.equal(smoothed, plain)
+    pytest.importorskip("cv2")
+    steady, _, _ = node.mask(frames, "a cat", threshold=0.5, batch_size=2, clipseg_model=soft_pair, stabilize=0.7,
+                             **common)  # fmt: skip
+    stream = session.stream([["a cat"]], stabilize=0.7, threshold=0.5, batch_size=2)
+    assert torch.equal(steady, stream(frames)[:, 0])
     assert TextmaskCLIPSegMasking.INPUT_TYPES()["optional"]["detail"][1]["default"] == "off"
 
 
@@ -666,18 +678,161 @@ def test_mask_to_instances_node_finds_the_blobs_with_exact_boxes():
     masks[0, 30:40, 50:55] = 0.7  # 50 px
     masks[0, 45:46, 0:3] = 0.8  # a 3 px speck
     masks[1, 20:30, 20:40] = 1.0
-    instance_masks, boxes, bboxes, segs, count = TextmaskMaskToInstances().split(masks, 0.5, 10, 0, "cat")
+    outputs = TextmaskMaskToInstances().split(masks, 0.5, 10, 0, "cat")
+    instance_masks, boxes, bboxes, segs, count, segs_per_frame, instance_bboxes = outputs
     assert count == 3 and instance_masks.shape == (3, 50, 70)
     assert boxes == [
         [{"x": 10, "y": 5, "width": 20, "height": 10, "score": pytest.approx(0.9), "label": "cat"},
          {"x": 50, "y": 30, "width": 5, "height": 10, "score": pytest.approx(0.7), "label": "cat"}],
         [{"x": 20, "y": 20, "width": 20, "height": 10, "score": pytest.approx(1.0), "label": "cat"}],
     ]  # fmt: skip
-    assert bboxes == [(10, 5, 20, 10), (50, 30, 5, 10), (20, 20, 20, 10)]
+    assert bboxes == [(10, 5, 20, 10), (20, 20, 20, 10)]  # one per frame: its largest object
+    assert instance_bboxes == [(10, 5, 20, 10), (50, 30, 5, 10), (20, 20, 20, 10)]  # one per object
     (size, seg_list) = segs
     assert size == (50, 70) and [seg.bbox for seg in seg_list] == [(10, 5, 30, 15), (50, 30, 55, 40), (20, 20, 40, 30)]
+    assert [[seg.bbox for seg in frame[1]] for frame in segs_per_frame] == [
+        [(10, 5, 30, 15), (50, 30, 55, 40)],
+        [(20, 20, 40, 30)],
+    ]
     assert torch.equal(instance_masks[0] > 0, masks[0] * (masks[0] > 0.85) > 0)  # the largest first, its own values
-    empty_masks, no_boxes, no_bboxes, _, none = TextmaskMaskToInstances().split(torch.zeros(1, 8, 8), 0.5, 0, 0)
-    assert none == 0 and empty_masks.shape == (1, 8, 8) and no_boxes == [[]] and no_bboxes == []
-    only_one, _, _, _, one = TextmaskMaskToInstances().split(masks[:1], 0.5, 10, 1)
+    empty = TextmaskMaskToInstances().split(torch.zeros(1, 8, 8), 0.5, 0, 0)
+    empty_masks, no_boxes, no_bboxes, (_, no_segs), none, no_frame_segs, no_instance_bboxes = empty
+    assert none == 0 and empty_masks.shape == (1, 8, 8) and no_boxes == [[]] and no_bboxes == [(0, 0, 0, 0)]
+    assert no_segs == [] and no_frame_segs == [((8, 8), [])] and no_instance_bboxes == []
+    only_one, _, _, _, one, _, _ = TextmaskMaskToInstances().split(masks[:1], 0.5, 10, 1)
     assert one == 1 and only_one.shape == (1, 50, 70)
+
+
+# ------------------------------------------------------------------------------- boxes and frames
+def _three_frames() -> torch.Tensor:
+    """[objects, empty, objects]: frame 0 holds a large and a small object, frame 1 none, frame 2 one."""
+    masks = torch.zeros(3, 40, 60)
+    masks[0, 4:14, 6:26] = 0.9
+    masks[0, 25:33, 40:46] = 0.8
+    masks[2, 20:36, 30:50] = 0.95
+    return masks
+
+
+def test_kjnodes_bboxes_pair_with_their_frames_and_empty_frames_draw_nothing():
+    from peer_consumers import kj_bbox_to_int, kj_bbox_visualize
+
+    from textmask.comfy.nodes import TextmaskMaskToInstances
+
+    masks = _three_frames()
+    frames = torch.full((3, 40, 60, 3), 0.5)
+    for max_instances in (0, 1):
+        _, _, bboxes, _, count, _, _ = TextmaskMaskToInstances().split(masks, 0.5, 0, max_instances)
+        assert count == (3 if max_instances == 0 else 2)
+        assert bboxes == [(6, 4, 20, 10), (0, 0, 0, 0), (30, 20, 20, 16)]
+        drawn = kj_bbox_visualize(frames, bboxes)
+        assert drawn.shape == frames.shape  # one drawn frame per input frame
+        red = (drawn[..., 0] == 1) & (drawn[..., 1] == 0)
+        for index, (x, y, w, h) in enumerate(bboxes):
+            expected = torch.zeros(40, 60, dtype=torch.bool)
+            if w:
+                expected[y, x : x + w] = expected[y + h, x : x + w] = True
+                expected[y : y + h, x] = expected[y : y + h, x + w] = True
+            assert torch.equal(red[index], expected), index  # frame i shows frame i's box, the empty frame none
+            assert kj_bbox_to_int(bboxes, index)[:4] == (x, y, w, h)
+    _, _, _, _, _, _, instance_bboxes = TextmaskMaskToInstances().split(masks[:1], 0.5, 0, 0)
+    repeated = kj_bbox_visualize(frames[:1].expand(2, -1, -1, -1), instance_bboxes)  # one frame per object
+    assert repeated.shape[0] == 2 and instance_bboxes == [(6, 4, 20, 10), (40, 25, 6, 8)]
+
+
+def test_core_boxes_are_per_frame_lists_with_an_empty_list_for_an_empty_frame():
+    from textmask.comfy.nodes import TextmaskMaskToInstances
+
+    _, boxes, _, _, _, _, _ = TextmaskMaskToInstances().split(_three_frames(), 0.5, 0, 0, "cat")
+    assert [[(b["x"], b["y"], b["width"], b["height"]) for b in frame] for frame in boxes] == [
+        [(6, 4, 20, 10), (40, 25, 6, 8)], [], [(30, 20, 20, 16)],
+    ]  # fmt: skip
+    assert {b["label"] for frame in boxes for b in frame} == {"cat"}
+
+
+def test_impact_segs_per_frame_and_for_the_batch():
+    from peer_consumers import impact_combined_mask, impact_mask_list
+
+    from textmask.comfy.nodes import TextmaskMaskToInstances
+
+    masks = _three_frames()
+    instance_masks, _, _, segs, count, segs_per_frame, _ = TextmaskMaskToInstances().split(masks, 0.5, 0, 0)
+    assert TextmaskMaskToInstances.OUTPUT_IS_LIST == (False, False, False, False, False, True, False)
+    assert len(segs_per_frame) == 3 and [len(frame[1]) for frame in segs_per_frame] == [2, 0, 1]
+    for frame, frame_segs in zip(masks, segs_per_frame):  # each frame's SEGS is that frame's mask
+        assert (impact_combined_mask(frame_segs)[0] - frame).abs().max() <= TOLERANCE
+    assert impact_combined_mask(segs_per_frame[1]).shape == (1, 40, 60)  # an empty frame: an empty mask
+    assert [m.shape for m in impact_mask_list(segs_per_frame[1])] == [(1, 40, 60)]
+    listed = torch.cat(impact_mask_list(segs))  # the batch SEGS: every instance, in instance_masks' order
+    assert count == 3 and (listed - instance_masks).abs().max() <= TOLERANCE
+    union = impact_combined_mask(segs)[0]  # Impact ORs the bytes: where frames overlap the values mix
+    assert torch.equal(union > 0, masks.amax(0) > 0.5)
+
+
+def test_min_area_is_the_only_floor():
+    from textmask.comfy.nodes import TextmaskMaskToInstances
+
+    masks = torch.zeros(1, 480, 640)
+    masks[0, 100:105, 200:205] = 0.9  # 25 px: under 0.01 % of 640×480 (31 px)
+    masks[0, 300, 300] = 0.9  # a single pixel
+    assert TextmaskMaskToInstances().split(masks, 0.5, 0, 0)[4] == 2
+    assert TextmaskMaskToInstances().split(masks, 0.5, 25, 0)[4] == 1
+    assert TextmaskMaskToInstances().split(masks, 0.5, 26, 0)[4] == 0
+    tooltip = TextmaskMaskToInstances.INPUT_TYPES()["required"]["min_area"][1]["tooltip"]
+    assert "0 keeps every object" in tooltip
+
+
+def test_every_output_has_a_tooltip():
+    for name, cls in NODE_CLASS_MAPPINGS.items():
+        tooltips = getattr(cls, "OUTPUT_TOOLTIPS", None)
+        assert tooltips is not None and len(tooltips) == len(cls.RETURN_TYPES), name
+        assert all(isinstance(text, str) and len(text) > 10 for text in tooltips), name
+
+
+# ---------------------------------------------------------------------------------------------- video tracking
+def _crossing_discs(frames: int = 20, height: int = 60, width: int = 96) -> torch.Tensor:
+    """Two discs crossing (one blob while they overlap): ``[T, H, W]``."""
+    yy, xx = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    masks = torch.zeros(frames, height, width)
+    for t in range(frames):
+        left = ((yy - 26) ** 2 + (xx - (10 + 4 * t)) ** 2 <= 100).float()
+        right = ((yy - 34) ** 2 + (xx - (86 - 4 * t)) ** 2 <= 100).float()
+        masks[t] = torch.maximum(left, right) * 0.9
+    return masks
+
+
+def test_track_masks_node_gives_one_batch_per_track_with_ids():
+    from textmask.comfy.nodes import TextmaskTrackMasks
+
+    masks = _crossing_discs()
+    images = torch.rand(masks.shape[0], *masks.shape[1:], 3, generator=torch.Generator().manual_seed(0))
+    tracks, boxes, bboxes, described, count = TextmaskTrackMasks().track(images, masks, 0.5, 10, 30, "ball")
+    assert count == 2 and len(tracks) == 2 and TextmaskTrackMasks.OUTPUT_IS_LIST[0] is True
+    assert all(t.shape == masks.shape for t in tracks)
+    # id 1 starts on the left and ends on the right: it kept its id through the crossing
+    first, last = tracks[0][0], tracks[0][-1]
+    assert torch.nonzero(first)[:, 1].float().mean() < 20 and torch.nonzero(last)[:, 1].float().mean() > 76
+    assert [[b["label"] for b in frame] for frame in boxes] == [["ball #1", "ball #2"]] * masks.shape[0]
+    assert len(bboxes) == masks.shape[0]  # one KJNodes box per frame (its largest object), pairing with the frames
+    parsed = json.loads(described)
+    assert parsed["ids"] == [1, 2] and len(parsed["frames"]) == masks.shape[0]
+    with pytest.raises(InputError, match="images"):
+        TextmaskTrackMasks().track(images[:3], masks, 0.5, 10, 30)
+
+
+def test_mask_to_instances_track_gives_a_stable_count_and_order():
+    from textmask.comfy.nodes import TextmaskMaskToInstances
+
+    masks = _crossing_discs()
+    masks[12:, :, :] *= (torch.arange(96) < 60).float()  # the disc going right leaves at x = 60
+    outputs = TextmaskMaskToInstances().split(masks, 0.5, 10, 0, "ball", track=True)
+    stacked, boxes, frame_bboxes, _, count, segs_per_frame, instance_bboxes = outputs
+    assert count == 2 and stacked.shape == (masks.shape[0] * 2, *masks.shape[1:])
+    # Every box output pairs as without tracking: one KJNodes box and one SEGS per frame, one box per instance mask.
+    assert len(frame_bboxes) == len(segs_per_frame) == masks.shape[0] and len(instance_bboxes) == stacked.shape[0]
+    assert instance_bboxes[-2] == (0, 0, 0, 0) and instance_bboxes[-1] != (0, 0, 0, 0)  # id 1 absent at the end
+    per_frame = stacked.reshape(masks.shape[0], 2, *masks.shape[1:])
+    assert per_frame[0, 0].sum() > 0 and per_frame[-1, 0].sum() == 0  # id 1 gone at the end: an empty mask
+    assert per_frame[-1, 1].sum() > 0
+    assert [b["label"] for b in boxes[-1]] == ["ball #2"]
+    plain = TextmaskMaskToInstances().split(masks, 0.5, 10, 0, "ball")
+    assert plain[4] != count  # without tracking: every frame's objects, one after another

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,24 @@ from textmask.model import load_model, resolve_backend
 PROMPTS = ["a cat", "a dog", "the sky"]
 needs_bf16 = pytest.mark.skipif(not ovb.cpu_supports_bf16(), reason="this CPU has no native bf16")
 needs_nncf = pytest.mark.skipif(not ovb.nncf_installed(), reason="int8 quantization needs nncf")
+
+
+def int8_kernels_have_vnni() -> bool:
+    """Whether oneDNN's int8 matmuls here use VNNI (AVX512-VNNI or AVX-VNNI), not AVX2's ``vpmaddubsw``.
+
+    Without VNNI, pairs of u8×s8 products are summed into int16 and saturate, so OpenVINO int8's features are about
+    twice as far from float32 (relative error 0.13 against 0.02-0.03, measured with ``ONEDNN_MAX_CPU_ISA=AVX2``),
+    while the masks still agree (mean |Δp| 0.0018, IoU 0.995)."""
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if isa in ("SSE41", "AVX", "AVX2", "AVX512_CORE"):  # oneDNN kept below its first VNNI level
+        return False
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text() if cpuinfo.is_file() else ""
+    return " avx512_vnni" in flags or " avx_vnni" in flags or " amx_int8" in flags
+
+
+# OpenVINO int8 features' relative error bound: 3-6× the development machine's with VNNI; 1.5× the AVX2 figure without.
+INT8_FEATURE_BOUND = 0.06 if int8_kernels_have_vnni() else 0.2
 
 
 def _images(count: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -124,7 +143,7 @@ def test_int8_with_the_builtin_calibration(tiny_model_dir: Path, tiny_session: S
     tower = first._openvino
     assert tower.built and "quantize" in tower.timings and "calibration_images" in tower.timings
     agree = _agreement(first, tiny_session)
-    assert agree["relative_feature"] <= 0.06
+    assert agree["relative_feature"] <= INT8_FEATURE_BOUND
     assert agree["mean_dp"] <= 0.003 and agree["iou"] >= 0.98
     second = _fresh(tiny_model_dir, "int8")  # read back, not quantized again: the same numbers
     assert not second._openvino.built and "quantize" not in second._openvino.timings
@@ -141,7 +160,8 @@ def test_int8_with_the_callers_calibration_images(
     session = _fresh(tiny_model_dir, "int8", calibration=calibration)
     assert session._openvino.built and "calibration_images" not in session._openvino.timings
     agree = _agreement(session, tiny_session)
-    assert agree["relative_feature"] <= 0.08 and agree["mean_dp"] <= 0.004 and agree["iou"] >= 0.98
+    assert agree["relative_feature"] <= INT8_FEATURE_BOUND * 4 / 3
+    assert agree["mean_dp"] <= 0.004 and agree["iou"] >= 0.98
     other = _fresh(tiny_model_dir, "int8", calibration=calibration[:3])  # other images: another entry
     assert other._openvino.built and other._openvino.entry != session._openvino.entry
     # A cached int8 model runs with OpenVINO alone: no NNCF needed any more.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -49,15 +50,16 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def decode(path: Path, fmt: str = "gray") -> tuple[list[np.ndarray], list[int], object]:
-    """All frames (as ``fmt`` arrays), their timestamps, and the stream."""
+def decode(path: Path, fmt: str = "gray") -> tuple[list[np.ndarray], list[int], SimpleNamespace]:
+    """All frames (as ``fmt`` arrays), their timestamps, and the stream's ``average_rate`` (read while the container
+    is open: PyAV 18 refuses to read a closed container's streams)."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         frames, stamps = [], []
         for frame in container.decode(stream):
             frames.append(frame.to_ndarray(format=fmt))
             stamps.append(frame.pts * frame.time_base)
-        return frames, stamps, stream
+        return frames, stamps, SimpleNamespace(average_rate=stream.average_rate)
 
 
 def test_mask_video_keeps_count_size_rate(clip: Path, tiny_model_dir: Path, tmp_path: Path):
@@ -179,3 +181,59 @@ def test_interrupted_video_leaves_nothing(clip: Path, tiny_session, tmp_path: Pa
     assert seen == [4]  # one chunk was masked (and encoded into the temporary files), then it stopped
     assert report.interrupted and report.written == [] and report.processed == 0 and report.frames == 0
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_instances_track_a_video_and_stabilize_equals_the_engine(
+    clip: Path, tiny_model_dir: Path, tiny_session, tmp_path: Path
+):
+    """--instances on a video: a tracks JSON (ids, boxes, scores, areas, RLE) and a PNG folder per track id,
+    equal to textmask.track over the engine's stabilized masks; --stabilize for the plain masks too."""
+    pytest.importorskip("cv2")
+    pytest.importorskip("pycocotools")
+    import pycocotools.mask as coco
+
+    import textmask
+
+    info = probe(clip)
+    frames = torch.cat([chunk for chunk, _ in read_frames(clip, info, 7)])
+    masks = tiny_session.stream([["a cat"]], stabilize=0.7, batch_size=5, blur=4.0)(frames)[:, 0]
+    level = round(float(masks.flatten().quantile(0.6)), 4)  # random weights: blurred, cut where there are blobs
+    found = textmask.track(masks, frames, threshold=level, min_area=40)
+    ids = sorted({i for item in found for i in item.ids.tolist()})
+    assert 0 < len(ids) <= 30, f"the tiny model's masks at this level have {len(ids)} objects"
+
+    out = tmp_path / "out"
+    common = ["-p", "a cat", "--model", str(tiny_model_dir), "--video-output", "frames", "-b", "5", "-o", str(out)]
+    common += ["--blur", "4"]
+    result = invoke("mask", str(clip), *common, "--stabilize", "0.7", "--instances", "--rle",
+                    "--instance-threshold", str(level), "--min-area", "40")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    got = np.stack([np.asarray(Image.open(p)) for p in sorted((out / "clip.a-cat").iterdir())])
+    assert np.abs(got.astype(int) - np.round(masks.numpy() * 255).astype(int)).max() <= 1
+
+    tracks = json.loads((out / "clip.a-cat.tracks.json").read_text())
+    assert [int(i) for i in tracks["tracks"]] == ids and len(tracks["frames"]) == FRAMES
+    for t, (entry, item) in enumerate(zip(tracks["frames"], found)):
+        assert entry["frame"] == t
+        assert [o["id"] for o in entry["objects"]] == item.ids.tolist()
+        assert [o["box"] for o in entry["objects"]] == item.boxes.tolist()
+        assert [o["area"] for o in entry["objects"]] == item.areas.tolist()
+        for k, obj in enumerate(entry["objects"] if t < 4 else []):
+            decoded = coco.decode({"size": obj["rle"]["size"], "counts": obj["rle"]["counts"].encode()})
+            np.testing.assert_array_equal(decoded.astype(bool), (item.labels == k + 1).numpy())
+    for track_id in ids:
+        folder = out / f"clip.a-cat.track-{track_id:02d}"
+        assert tracks["tracks"][str(track_id)]["masks"] == {"frames": folder.name}
+        pngs = sorted(folder.iterdir())
+        assert len(pngs) == FRAMES  # black before the object appears and after it leaves
+        for t, png in enumerate(pngs):
+            expected = torch.zeros(HEIGHT, WIDTH)
+            hit = (found[t].ids == track_id).nonzero().flatten()
+            if len(hit):
+                expected = found[t].masks[int(hit[0])]
+            assert np.abs(np.asarray(Image.open(png)).astype(int) - np.round(expected.numpy() * 255)).max() <= 1
+
+    again = invoke("mask", str(clip), *common, "--stabilize", "0.7", "--instances", "--instance-threshold", str(level))
+    assert again.exit_code == 0 and "1 skipped" in again.output  # resume: the JSON marks the tracks done
+    both = invoke("mask", str(clip), *common, "--stabilize", "0.7", "--smooth", "0.5")
+    assert both.exit_code != 0 and "not both" in both.output

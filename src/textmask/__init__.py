@@ -29,6 +29,10 @@ _EXPORTS = {
     "RefineOptions": "textmask.edges",
     "instances": "textmask.components",
     "Instances": "textmask.components",
+    "track": "textmask.tracking",
+    "Tracker": "textmask.tracking",
+    "stabilize": "textmask.stabilization",
+    "Stabilizer": "textmask.stabilization",
     "load_model": "textmask.model",
     "locate_model": "textmask.model",
     "clear_model_cache": "textmask.model",
@@ -66,6 +70,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .model import clear_model_cache, load_model, locate_model
     from .postprocess import MaskOptions, Target
     from .prompts import Blend, ImagePrompt, TextPrompt, average
+    from .stabilization import Stabilizer, stabilize
+    from .tracking import Tracker, track
 
 
 def __getattr__(name: str) -> Any:

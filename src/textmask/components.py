@@ -38,6 +38,7 @@ __all__ = [
     "instances",
     "to_bounding_boxes",
     "to_kj_bboxes",
+    "to_kj_frame_bboxes",
     "to_segs",
     "to_xyxy_lists",
 ]
@@ -62,6 +63,8 @@ class Instances:
         scores: ``[K]`` float32: mean input probability inside each object.
         areas: ``[K]`` int64: pixels in each object.
         labels: ``[H, W]`` int64: ``k + 1`` on the pixels of object ``k``, 0 elsewhere (dropped specks too).
+        ids: ``[K]`` int64: each object's id. :func:`textmask.track` gives ids that name the same object in every
+            frame of a video; otherwise (the default) they are ``1..K``, the objects' order in this mask.
     """
 
     masks: torch.Tensor
@@ -69,6 +72,11 @@ class Instances:
     scores: torch.Tensor
     areas: torch.Tensor
     labels: torch.Tensor
+    ids: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.ids is None:
+            self.ids = torch.arange(1, int(self.boxes.shape[0]) + 1, dtype=torch.int64, device=self.boxes.device)
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -214,9 +222,31 @@ def to_bounding_boxes(found: Instances | Sequence[Instances], label: str | None 
 
 
 def to_kj_bboxes(found: Instances | Sequence[Instances]) -> list[tuple[int, int, int, int]]:
-    """KJNodes' ``BBOX`` (BboxToInt, BboxVisualize in its default ``xywh`` format, BatchCropFromMask): one flat
-    list of ``(x, y, width, height)`` int tuples over all images in order (KJNodes pairs them with the batch)."""
+    """Every object's box as KJNodes' ``BBOX`` ``(x, y, width, height)`` int tuples, one flat list over all images
+    in order: one box per *object*, so it pairs with the objects' masks (``[N, H, W]``), not with the frames.
+    For KJNodes' nodes that pair boxes with an image batch, use :func:`to_kj_frame_bboxes`."""
     return [(x0, y0, x1 - x0, y1 - y0) for item in _as_list(found) for x0, y0, x1, y1 in item.boxes.tolist()]
+
+
+EMPTY_KJ_BBOX = (0, 0, 0, 0)
+
+
+def to_kj_frame_bboxes(found: Instances | Sequence[Instances]) -> list[tuple[int, int, int, int]]:
+    """KJNodes' ``BBOX`` for an image batch: exactly one ``(x, y, width, height)`` per frame, in frame order.
+
+    KJNodes' BBOX consumers (BboxVisualize, BatchCropFromMask's companions, BboxToInt with ``index`` = frame)
+    zip the image batch with the box list, one box per frame. Each frame gets its largest object's box (the
+    objects are ordered largest first); a frame without an object gets :data:`EMPTY_KJ_BBOX` ``(0, 0, 0, 0)``,
+    which BboxVisualize draws as nothing and BboxToInt reads as zeros, so the boxes after it stay on their
+    frames and nothing downstream fails on an empty list."""
+    frames = []
+    for item in _as_list(found):
+        if len(item):
+            x0, y0, x1, y1 = item.boxes[0].tolist()
+            frames.append((x0, y0, x1 - x0, y1 - y0))
+        else:
+            frames.append(EMPTY_KJ_BBOX)
+    return frames
 
 
 def to_xyxy_lists(found: Instances | Sequence[Instances]) -> list[list[list[float]]]:

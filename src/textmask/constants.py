@@ -31,7 +31,7 @@ COMFY_DEVICES = ("auto", "cpu")
 COMFY_DTYPES = ("auto", "float32", "float16", "bfloat16", "int8")
 NORMALIZE_MODES = ("none", "minmax", "seed")
 COMBINE_MODES = ("union", "intersection")
-OUTPUT_KINDS = ("mask", "overlay", "cutout", "instances")  # instances: images only (a JSON + a PNG each)
+OUTPUT_KINDS = ("mask", "overlay", "cutout", "instances")  # instances: a JSON + a PNG each (videos: tracks)
 
 
 def cache_root() -> Path:

@@ -509,6 +509,11 @@ class Segmenter:
         """
         decoder = self.clipseg.decoder
         batch, prompts = len(features), embeddings.shape[0]
+        if prompts > 1:
+            # One prompt per pass: a prompt's logits must not depend on which other prompts share the call (the
+            # targets of one mask call against separate calls; negatives added or not). In one batch of B × P rows
+            # the matmuls' kernels (chosen by the row count on some CPUs) would change the last bits with P.
+            return torch.cat([self.decode(features, embeddings[index : index + 1]) for index in range(prompts)], 1)
         embeddings = embeddings.to(device=self.device, dtype=self.dtype)
         if self._openvino_decoder is not None:  # backend="openvino": the decoder layers run there too
             return self._openvino_decoder(features.reduced, decoder.film_mul(embeddings), decoder.film_add(embeddings))
@@ -529,14 +534,20 @@ class Segmenter:
         assert output is not None
         if not expanded:  # conditional layer beyond the decoder depth: never conditioned (matches HF)
             output = output.repeat_interleave(prompts, dim=0)
-        output = output[:, 1:, :].transpose(1, 2)
-        side = round(output.shape[2] ** 0.5)
-        output = output.reshape(output.shape[0], output.shape[1], side, side)
-        # One (image, prompt) pair at a time: batched transposed convolutions give results whose last bits depend
-        # on the batch size, and a mask must not depend on which images shared its chunk (the CLI, the Ray actors
-        # and resumed runs batch differently). These layers are a few percent of the decoder's small cost.
+        pairs, tokens, width = output.shape
+        side = round((tokens - 1) ** 0.5)
+        # One (image, prompt) pair at a time, each cut from the [pairs, T, R] tokens alone (a [1, R, S, S] view with
+        # the same strides as transformers' at batch 1): batched convolutions give results whose last bits depend on
+        # the batch size, and so does a slice's layout (oneDNN picks its algorithm by the strides, the batch's
+        # included), and a mask must not depend on which images shared its chunk (the CLI, the Ray actors and
+        # resumed runs batch differently). These layers are a few percent of the decoder's small cost.
         upsample = decoder.transposed_convolution
-        logits = torch.cat([upsample(output[pair : pair + 1]) for pair in range(output.shape[0])]).squeeze(1)
+        logits = torch.cat(
+            [
+                upsample(output[pair : pair + 1, 1:, :].transpose(1, 2).reshape(1, width, side, side))
+                for pair in range(pairs)
+            ]
+        ).squeeze(1)
         return logits.reshape(batch, prompts, *logits.shape[-2:]).float()
 
     # ---------------------------------------------------------------------------------- upsampling
@@ -647,6 +658,7 @@ class Segmenter:
         options: MaskOptions | None = None,
         smoothing: float = 0.0,
         batch_size: int | None = None,
+        stabilize: float = 0.0,
         **option_overrides: Any,
     ) -> MaskStream:
         """A callable for consecutive frames of one video: ``stream(frames [B, H, W, C]) → [B, T, H, W]``.
@@ -659,10 +671,20 @@ class Segmenter:
             targets, negative_prompts, options, option_overrides: as for :meth:`mask` (with ``targets``).
             smoothing: temporal smoothing strength in [0, 1); 0 is off.
             batch_size: frames per forward pass.
+            stabilize: motion-following temporal consistency (:func:`textmask.stabilize`) in [0, 1): the most
+                each pixel keeps of the previous frame's maps warped along the optical flow; 0 is off. Not
+                with ``smoothing``. Needs opencv-python-headless.
         """
+        from .stabilization import Stabilizer, check_strength
+
         options = MaskOptions.from_kwargs(options, **option_overrides)
+        stabilizer = Stabilizer(check_strength(stabilize)) if stabilize else None
+        if stabilizer is not None and smoothing:
+            raise ValueError("stream(): give smoothing or stabilize, not both")
         plan, embeddings = self._plan(None, targets, negative_prompts, options)
-        return MaskStream(self, plan, embeddings, options, check_smoothing(smoothing), batch_size)
+        stream = MaskStream(self, plan, embeddings, options, check_smoothing(smoothing), batch_size)
+        stream.stabilizer = stabilizer
+        return stream
 
     def _plan(
         self,
@@ -1038,6 +1060,7 @@ class MaskStream:
         self.session, self.plan, self.embeddings, self.options = session, plan, embeddings, options
         self.smoothing, self.batch_size = smoothing, batch_size
         self._state: torch.Tensor | None = None
+        self.stabilizer: Any = None  # a textmask.Stabilizer, applied to the maps after smoothing
 
     def __call__(
         self,
@@ -1066,6 +1089,8 @@ class MaskStream:
             maps = torch.stack(maps)
         if self.smoothing:
             maps, self._state = smooth_temporal(maps, self.smoothing, self._state)
+        if self.stabilizer is not None:  # along the flow of the frames, per prompt
+            maps = self.stabilizer.step_levels(torch.stack(as_image_batch(frames).levels(0, maps.shape[0])), maps)
         refine = None
         if self.options.refine is not None:  # guided by each frame, at the masks' size
             levels = as_image_batch(frames).levels(0, maps.shape[0])

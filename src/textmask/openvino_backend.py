@@ -110,11 +110,27 @@ def _core() -> Any:
     return import_openvino().Core()
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_supports_bf16() -> bool:
-    """Whether OpenVINO's CPU plugin runs bf16 natively here (AVX512-BF16 or AMX)."""
+    """Whether OpenVINO's CPU plugin runs bf16 natively here (AVX512-BF16 or AMX).
+
+    The plugin's word (``OPTIMIZATION_CAPABILITIES``) comes from the CPU's feature bits; a one-matmul bf16 graph is
+    then compiled to be sure, once per process (milliseconds). The two disagree where oneDNN may use less than the
+    CPU has: ``ONEDNN_MAX_CPU_ISA=AVX2`` (set to emulate another CPU, as the tests do) leaves "BF16" advertised
+    but no bf16 kernel to compile, and every bf16 or int8 graph would then fail to compile.
+    """
     try:
-        return "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    except Exception:  # no CPU plugin: nothing runs anyway, and the compile says why
+        if "BF16" not in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            return False
+        import numpy as np
+        from openvino import Model, opset13
+
+        pixels = opset13.parameter([1, 16], np.float32)
+        weights = opset13.constant(np.ones((16, 16), np.float32))
+        probe = Model([opset13.matmul(pixels, weights, False, False)], [pixels], "bf16-probe")
+        _core().compile_model(probe, "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
+        return True
+    except Exception:  # no CPU plugin, or no bf16 kernels: nothing in bf16 runs here
         return False
 
 

@@ -152,10 +152,12 @@ class MaskActor:
 
         job, session, size = self.job, self.session, self.job.batch_size
         try:
-            settings = dict(negative_prompts=list(job.negative_prompts), options=job.options, smoothing=job.smoothing)
-            masks_for = session.stream(job.engine_targets, batch_size=size, **settings)  # type: ignore[union-attr]
+            # the whole video on this actor: the stream's smoothing / stabilize and the tracker carry state
+            masks_for = session.stream(job.engine_targets, batch_size=size, **job.stream_settings)  # type: ignore[union-attr]
             info = video.probe(item.source)
-            written, frames = video.mask_video(item.source, todo, info, masks_for, bits=job.bits, batch_size=size)
+            written, frames = video.mask_video(
+                item.source, todo, info, masks_for, bits=job.bits, batch_size=size, tracking=job.tracking
+            )
         except OSError as exc:
             return _write_failed(item, exc)
         except (TextmaskError, RuntimeError, MemoryError) as exc:  # unreadable, no PyAV or encoder, out of memory

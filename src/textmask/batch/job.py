@@ -85,6 +85,8 @@ class MaskJob:
         filesystem: a pyarrow filesystem ``outdir`` lies in (object stores), or None for the local disk.
         instance_threshold: with the ``instances`` kind: an object is the pixels above this, connected.
         min_area: with the ``instances`` kind: objects smaller than this many pixels are dropped.
+        stabilize: videos: motion-following temporal consistency (:func:`textmask.stabilize`) in [0, 1); 0 = off.
+        rle: videos with the ``instances`` kind: also each object's COCO RLE in the tracks JSON (pycocotools).
     """
 
     outdir: Path
@@ -100,6 +102,8 @@ class MaskJob:
     filesystem: Any = None
     instance_threshold: float = 0.5
     min_area: int = 0
+    stabilize: float = 0.0
+    rle: bool = False
 
     def __post_init__(self) -> None:
         if self.options is None:
@@ -110,6 +114,22 @@ class MaskJob:
     @property
     def store(self) -> Store:
         return Store(Path(self.outdir).as_posix() if self.filesystem is not None else str(self.outdir), self.filesystem)
+
+    @property
+    def stream_settings(self) -> dict[str, Any]:
+        """What :meth:`textmask.Segmenter.stream` takes besides the targets, for a video of this job."""
+        settings: dict[str, Any] = dict(negative_prompts=list(self.negative_prompts), options=self.options)
+        settings["smoothing"] = self.smoothing
+        if self.stabilize:
+            settings["stabilize"] = self.stabilize
+        return settings
+
+    @property
+    def tracking(self) -> Any:
+        """How a video's ``instances`` are tracked and written (:class:`textmask.batch.video.TrackOutputs`)."""
+        from .video import TrackOutputs
+
+        return TrackOutputs(self.instance_threshold, self.min_area, self.video_forms, self.bits, self.rle)
 
     @property
     def engine_targets(self) -> list[list[Any]]:

@@ -145,13 +145,7 @@ def run_job(
                 raise Interrupted
             before = done
             try:
-                masks_for = session.stream(
-                    job.engine_targets,
-                    negative_prompts=list(job.negative_prompts),
-                    options=job.options,
-                    smoothing=job.smoothing,
-                    batch_size=job.batch_size,
-                )
+                masks_for = session.stream(job.engine_targets, batch_size=job.batch_size, **job.stream_settings)
                 written, frames = video_io.mask_video(
                     item.source,
                     outputs,
@@ -161,6 +155,7 @@ def run_job(
                     batch_size=job.batch_size,
                     progress=report_progress,
                     should_stop=stop,
+                    tracking=job.tracking,
                 )
             except OSError as exc:
                 outcome = write_error(item, exc)

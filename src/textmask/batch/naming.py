@@ -8,6 +8,8 @@ One output per input, mask target and kind::
     OUTDIR/<key>.<slug>.instances.json   the mask's connected objects: boxes, scores, areas (images only),
     OUTDIR/<key>.<slug>.instance-01.png  ... and one mask per object, largest first
     OUTDIR/<key>.<slug>.mp4 / <key>.<slug>/000000.png ...   the same for videos (see textmask.batch.video)
+    OUTDIR/<key>.<slug>.tracks.json      a video's tracked objects (instances): per frame, ids, boxes, scores, areas,
+    OUTDIR/<key>.<slug>.track-01.mp4 / <key>.<slug>.track-01/000000.png ...   and one mask video per track id
 
 where ``<slug>`` says which prompt(s) made the mask (:func:`prompt_slug`, :func:`make_targets`). An output that
 exists is never rewritten unless asked (:func:`pending_outputs`).
@@ -150,6 +152,8 @@ def output_name(key: str, target: MaskTarget, kind: str, form: str = "png") -> s
     if kind not in OUTPUT_KINDS:
         raise ValueError(f"output kind: {kind!r} is not one of {OUTPUT_KINDS}")
     base = f"{key}.{target.slug}" + ("" if kind == "mask" else f".{kind}")
+    if kind == "instances" and form == "tracks":  # a video's: tracked over its frames (textmask.track)
+        return f"{key}.{target.slug}.tracks.json"  # written last: the track videos beside it are complete
     if kind == "instances":
         if form != "png":
             raise ValueError("output kind 'instances' is for images, not videos")
@@ -170,15 +174,15 @@ def plan_outputs(
     kinds: Sequence[str] = ("mask",),
     video_forms: Sequence[str] = ("video",),
 ) -> list[PlannedOutput]:
-    """Every output of one input, in a fixed order (target, then kind, then form)."""
+    """Every output of one input, in a fixed order (target, then kind, then form). A video's ``instances`` are
+    one ``tracks`` output per target (its track videos are written in every form of ``video_forms``)."""
     outdir = Path(outdir)
     forms = list(video_forms) if item.kind == "video" else ["png"]
     return [
         PlannedOutput(outdir / output_name(item.key, target, kind, form), index, kind, form)
         for index, target in enumerate(targets)
         for kind in kinds
-        if kind != "instances" or item.kind == "image"  # instances of a video's frames are not written
-        for form in forms
+        for form in (["tracks"] if kind == "instances" and item.kind == "video" else forms)
     ]
 
 
@@ -188,6 +192,13 @@ def instance_name(output: PlannedOutput, index: int, count: int) -> Path:
     names sort in order."""
     stem = output.path.name.removesuffix(".instances.json")
     return output.path.with_name(f"{stem}.instance-{index:0{max(2, len(str(count)))}d}.png")
+
+
+def track_name(output: PlannedOutput, track_id: int, form: str) -> Path:
+    """The mask video (``form="video"``: ``<key>.<slug>.track-01.mp4``) or PNG-frame folder (``"frames"``:
+    ``<key>.<slug>.track-01``) of one track id of a video's ``tracks`` output (ids of at least 2 digits)."""
+    stem = output.path.name.removesuffix(".tracks.json")
+    return output.path.with_name(f"{stem}.track-{track_id:02d}" + (VIDEO_SUFFIX["mask"] if form == "video" else ""))
 
 
 def pending_outputs(planned: Sequence[PlannedOutput], overwrite: bool = False) -> list[PlannedOutput]:

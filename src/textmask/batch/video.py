@@ -10,11 +10,17 @@ kind       ``video`` form                              ``frames`` form (a folder
 mask       ``<key>.<slug>.mp4`` (H.264, grey mask)     ``<key>.<slug>/000000.png`` … (8 or 16 bit)
 overlay    ``<key>.<slug>.overlay.mp4`` (H.264)        ``<key>.<slug>.overlay/000000.png`` …
 cutout     ``<key>.<slug>.cutout.webm`` (VP9 + alpha)  ``<key>.<slug>.cutout/000000.png`` … (RGBA)
+instances ``<key>.<slug>.tracks.json`` + per track id:       the same JSON + ``<key>.<slug>.track-01/`` …
+           ``<key>.<slug>.track-01.mp4`` …
 =========  ==========================================  =============================================
 
-Every output is written under a temporary name and renamed when the whole video is done. Audio is not
-copied. The masks come from a ``frames → masks`` callable (the engine's :meth:`textmask.Segmenter.stream`,
-which also applies temporal smoothing), so this module knows nothing of models or prompts.
+``instances`` tracks the target's objects over the frames (:func:`textmask.track`): each track id gets a mask
+video (black where the object is absent) and the JSON lists, per frame, each object's id, box, score and area
+(and its COCO RLE with ``rle``).
+
+Every output is written under a temporary name and renamed when the whole video is done. Audio is not copied.
+The masks come from a ``frames → masks`` callable (the engine's :meth:`textmask.Segmenter.stream`, which also
+applies temporal smoothing or stabilization), so this module knows nothing of models or prompts.
 
 PyAV is imported only when a video is opened (``pip install 'textmask[video]'``); torch when frames are read.
 """
@@ -32,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, Interrupted, TextmaskError
-from .naming import PlannedOutput
+from .naming import PlannedOutput, track_name
 from .store import atomic_path
 
 FramesToMasks = Callable[[Any], Any]
@@ -234,6 +240,123 @@ class FrameWriter:
         pass
 
 
+@dataclass(frozen=True)
+class TrackOutputs:
+    """How a video's ``instances`` outputs are made: objects are the connected pixels above ``threshold`` (at
+    least ``min_area``), tracked (:class:`textmask.Tracker`); each track's masks go to every form of ``forms``
+    (``video``, ``frames``) at ``bits`` (frames); ``rle`` adds COCO RLE (pycocotools) to the JSON."""
+
+    threshold: float = 0.5
+    min_area: int = 0
+    forms: tuple[str, ...] = ("video",)
+    bits: int = 8
+    rle: bool = False
+
+
+class _TrackWriter:
+    """One target's tracks over one video: a writer per track id and form, opened when the id first appears
+    (earlier frames written black), the tracks JSON at the end."""
+
+    def __init__(self, output: PlannedOutput, settings: TrackOutputs, info: VideoInfo, stack: ExitStack) -> None:
+        from ..tracking import Tracker
+
+        if settings.rle:
+            try:
+                import pycocotools.mask  # noqa: F401
+            except ImportError:
+                raise VideoUnavailable("--rle needs pycocotools: pip install pycocotools") from None
+        self.output, self.settings, self.info, self.stack = output, settings, info, stack
+        self.tracker = Tracker(threshold=settings.threshold, min_area=settings.min_area)
+        self.writers: dict[tuple[int, str], VideoWriter | FrameWriter] = {}
+        self.paths: list[str] = []
+        self.frames: list[dict[str, Any]] = []
+        self.stamps: list[Any] = []
+        # entered first, so renamed last: a tracks JSON on disk means its track videos are complete
+        self.json_path = stack.enter_context(atomic_path(output.path))
+
+    def _open(self, track_id: int, form: str) -> VideoWriter | FrameWriter:
+        path = track_name(self.output, track_id, form)
+        temporary = self.stack.enter_context(atomic_path(path))
+        if form == "video":
+            try:
+                writer: VideoWriter | FrameWriter = VideoWriter(temporary, "mp4", "mask", self.info)
+            except _av().FFmpegError as exc:
+                raise VideoError(f"cannot start encoding {path}: {exc}") from None
+        else:
+            writer = FrameWriter(temporary, "mask", self.settings.bits)
+        self.stack.callback(writer.abort)
+        self.paths.append(str(path))
+        return writer
+
+    def write(self, frames: Any, masks: Any, stamps: Sequence[Any]) -> None:
+        """The next chunk: frames ``[B, H, W, 3]`` uint8 and this target's masks ``[B, H, W]``."""
+        import torch
+
+        from ..postprocess import mask_levels
+        from ..tracking import describe_tracks
+
+        found = self.tracker.update(masks, frames)
+        described = describe_tracks(found, first_frame=len(self.frames))
+        if self.settings.rle:
+            _add_rle(described, found)
+        self.frames.extend(described)
+        for item in found:
+            for track_id in item.ids.tolist():
+                for form in self.settings.forms:
+                    key = (int(track_id), form)
+                    if key not in self.writers:
+                        self.writers[key] = writer = self._open(*key)
+                        blank = mask_levels(torch.zeros((1, *masks.shape[-2:])), self._bits(form))
+                        for stamp in self.stamps:  # the frames before it appeared: black
+                            writer.write(blank, [stamp])
+        self.stamps.extend(stamps)
+        for (track_id, form), writer in self.writers.items():
+            chunk = torch.zeros(masks.shape, dtype=torch.float32)
+            for t, item in enumerate(found):
+                hit = (item.ids == track_id).nonzero().flatten()
+                if len(hit):
+                    chunk[t] = item.masks[int(hit[0])].cpu()
+            writer.write(mask_levels(chunk, self._bits(form)), stamps)
+
+    def _bits(self, form: str) -> int:
+        return self.settings.bits if form == "frames" else 8
+
+    def close(self, source: str) -> list[str]:
+        import json
+
+        for writer in self.writers.values():
+            writer.close()
+        height, width = self.info.height, self.info.width
+        summary = {
+            "source": source,
+            "height": height,
+            "width": width,
+            "threshold": self.settings.threshold,
+            "box_format": "x0, y0, x1, y1 in pixels; x1 and y1 exclusive (mask[y0:y1, x0:x1] is the object)",
+            "tracks": {
+                str(track_id): {
+                    "frames": [f["frame"] for f in self.frames if any(o["id"] == track_id for o in f["objects"])],
+                    "masks": {form: track_name(self.output, track_id, form).name for form in self.settings.forms},
+                }
+                for track_id in sorted({i for i, _ in self.writers})
+            },
+            "frames": self.frames,
+        }
+        self.json_path.write_text(json.dumps(summary, indent=1) + "\n")
+        return [*self.paths, str(self.output.path)]
+
+
+def _add_rle(described: list[dict[str, Any]], found: Sequence[Any]) -> None:
+    """Each object's COCO RLE (``{"size": [H, W], "counts": str}``, pycocotools' column-major form)."""
+    import pycocotools.mask as coco
+
+    for frame, item in zip(described, found):
+        for entry, k in zip(frame["objects"], range(len(item))):
+            binary = np.asfortranarray((item.labels == k + 1).cpu().numpy().astype(np.uint8))
+            rle = coco.encode(binary)
+            entry["rle"] = {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
 def mask_video(
     source: str,
     outputs: Sequence[PlannedOutput],
@@ -244,6 +367,7 @@ def mask_video(
     batch_size: int = 8,
     progress: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    tracking: TrackOutputs | None = None,
 ) -> tuple[list[str], int]:
     """Mask one video into its planned outputs, streaming ``batch_size`` frames at a time.
 
@@ -252,6 +376,7 @@ def mask_video(
         outputs: what to write (:meth:`textmask.batch.MaskJob.plan`); ``output.target`` indexes the masks' T axis.
         masks_for: frames → masks (see :data:`FramesToMasks`).
         bits: bit depth of PNG-frame masks (video files are 8-bit).
+        tracking: how ``instances`` outputs (``form="tracks"``) are tracked and written (default settings: None).
 
     Returns:
         ``(written paths, frame count)``.
@@ -263,7 +388,10 @@ def mask_video(
     from ..postprocess import render
 
     count = 0
+    tracked = [output for output in outputs if output.form == "tracks"]
+    outputs = [output for output in outputs if output.form != "tracks"]
     with ExitStack() as stack:
+        trackers = [_TrackWriter(output, tracking or TrackOutputs(), info, stack) for output in tracked]
         writers: list[VideoWriter | FrameWriter] = []
         for output in outputs:
             temporary = stack.enter_context(atomic_path(output.path))
@@ -288,6 +416,13 @@ def mask_video(
                     if isinstance(exc, OSError) and exc.errno:
                         raise
                     raise VideoError(f"cannot encode {output.path}: {exc}") from None
+            for output, tracker in zip(tracked, trackers):
+                try:
+                    tracker.write(frames, masks[:, output.target], stamps)
+                except _av().FFmpegError as exc:
+                    if isinstance(exc, OSError) and exc.errno:
+                        raise
+                    raise VideoError(f"cannot encode the tracks of {output.path}: {exc}") from None
             count += len(frames)
             if progress is not None:
                 progress(len(frames))
@@ -297,4 +432,7 @@ def mask_video(
             raise InputError(f"{source}: the video has no frames")
         for writer in writers:
             writer.close()
-    return [str(output.path) for output in outputs], count
+        written = [str(output.path) for output in outputs]
+        for tracker in trackers:
+            written.extend(tracker.close(source))
+    return written, count

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import warnings
 from typing import Any, NoReturn
 
@@ -154,8 +155,18 @@ def run(args: list[str] | None = None) -> NoReturn:
     exit_now(code)
 
 
-def exit_now(code: Any) -> NoReturn:
-    """End the process with ``code`` (as ``sys.exit`` takes it) after the threads, ``atexit`` and the flushes."""
+#: How long :func:`exit_now` waits, in all, for the threads still running once their shutdown hooks have run.
+THREAD_JOIN_SECONDS = 5.0
+
+
+def exit_now(code: Any, join_seconds: float = THREAD_JOIN_SECONDS) -> NoReturn:
+    """End the process with ``code`` (as ``sys.exit`` takes it) after the threads, ``atexit`` and the flushes.
+
+    The interpreter's own shutdown first runs the hooks that libraries register with ``threading`` (an idle
+    ``concurrent.futures`` worker, such as the one ``import openvino`` starts, stops only when its hook tells
+    it to), then joins the non-daemon threads. This does the same, but waits at most ``join_seconds`` in all
+    for the threads: a thread that textmask did not start and cannot stop never keeps the process alive.
+    """
     if code is None:
         status = 0
     elif isinstance(code, int):
@@ -163,9 +174,13 @@ def exit_now(code: Any) -> NoReturn:
     else:
         print(code, file=sys.stderr)
         status = 1
+    deadline = time.monotonic() + join_seconds
+    hooks = threading.Thread(target=run_thread_shutdown_hooks, name="textmask-exit", daemon=True)
+    hooks.start()  # in a thread of its own: a hook that joins a busy worker waits no longer than the deadline
+    hooks.join(join_seconds)
     for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+        if thread is not threading.current_thread() and not thread.daemon and thread is not hooks:
+            thread.join(max(0.0, deadline - time.monotonic()))
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -173,6 +188,22 @@ def exit_now(code: Any) -> NoReturn:
         except (OSError, ValueError):  # a closed pipe: nothing more can be said
             pass
     os._exit(status)
+
+
+def run_thread_shutdown_hooks() -> None:
+    """Run the callbacks registered with ``threading._register_atexit`` (newest first, as the interpreter does):
+    ``concurrent.futures`` uses them to wake its idle workers and let them end. Each runs once; one that fails
+    is reported on stderr and the rest still run."""
+    hooks = getattr(threading, "_threading_atexits", None)
+    if not hooks:
+        return
+    threading._SHUTTING_DOWN = True  # type: ignore[attr-defined]  # no new hooks (or executors) from now on
+    for hook in reversed(list(hooks)):
+        try:
+            hook()
+        except Exception as exc:  # a library's hook: say so, and go on leaving
+            print(f"textmask: a thread shutdown hook failed: {exc!r}", file=sys.stderr)
+    hooks.clear()
 
 
 def run_with_progress(discovery: Any, show: bool, run: Any) -> Any:

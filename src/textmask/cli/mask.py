@@ -122,8 +122,11 @@ from .app import (
     "with_instances",
     is_flag=True,
     help="Also split each mask into its objects: one PNG per object (<name>.instance-01.png, largest first) and "
-    "<name>.instances.json with their boxes (x0, y0, x1, y1; exclusive), scores and areas. Images only.",
+    "<name>.instances.json with their boxes (x0, y0, x1, y1; exclusive), scores and areas. Videos: objects are "
+    "tracked with persistent ids: one mask video (or PNG folder, see --video-output) per track, "
+    "<name>.track-01.mp4, and <name>.tracks.json with each frame's ids, boxes, scores and areas.",
 )
+@click.option("--rle", is_flag=True, help="--instances on videos: also each object's COCO RLE in the tracks JSON.")
 @click.option(
     "--instance-threshold",
     type=click.FloatRange(0, 1, max_open=True),
@@ -157,6 +160,14 @@ from .app import (
     default=0.0,
     metavar="S",
     help="Video: temporal smoothing strength in [0, 1) (0 off, 0.5 mild, 0.8 strong).",
+)
+@click.option(
+    "--stabilize",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    metavar="S",
+    help="Video: motion-following temporal consistency in [0, 1) (0 off; 0.8 steady): the previous masks are "
+    "warped along the optical flow before blending, so moving objects do not trail. Not with --smooth.",
 )
 @model_options
 @click.option("-b", "--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
@@ -213,6 +224,7 @@ def mask_command(
     detail: str,
     refine: bool,
     with_instances: bool,
+    rle: bool,
     instance_threshold: float | None,
     min_area: int,
     normalize: str,
@@ -220,6 +232,7 @@ def mask_command(
     bits: str,
     video_output: str,
     smooth: float,
+    stabilize: float,
     model: str,
     device: str,
     dtype: str,
@@ -257,6 +270,10 @@ def mask_command(
         raise click.UsageError("give at least one prompt with -p/--prompt, e.g. -p 'a cat' or -p image:example.png")
     if example_weight != 1.0 and not blend:
         raise click.UsageError("--example-weight only matters with --blend")
+    if smooth and stabilize:
+        raise click.UsageError("give --smooth or --stabilize, not both")
+    if rle and not (with_instances or "instances" in kinds):
+        raise click.UsageError("--rle only matters with --instances")
     sources = list(inputs)
     if files_from is not None:
         if files_from.name == "<stdin>" and "-" in sources:
@@ -326,6 +343,8 @@ def mask_command(
         filesystem=store.filesystem,
         instance_threshold=instance_threshold if instance_threshold is not None else _instance_level(threshold),
         min_area=min_area,
+        stabilize=stabilize,
+        rle=rle,
     )
     spec = ModelSpec(
         model=model, device=device, dtype=dtype, cache_dir=cache_dir, allow_pickle=allow_pickle, backend=backend

@@ -60,6 +60,17 @@ _TEMPORAL_SMOOTHING = (
         "flicker (0 off, 0.5 mild, 0.8 strong; lags on fast motion)",
     },
 )
+_STABILIZE = (
+    "FLOAT",
+    {
+        "default": 0.0,
+        "min": 0.0,
+        "max": 0.95,
+        "step": 0.05,
+        "tooltip": "For a batch that is a video's frames, in order: steady masks that follow motion (the previous "
+        "frame's maps warped along the optical flow, then blended; 0 off, 0.8 steady). Not with temporal_smoothing",
+    },
+)
 _REFINE = (
     "BOOLEAN",
     {
@@ -74,6 +85,16 @@ _INVERT_EXAMPLE_MASK = (
         "default": False,
         "tooltip": "Use 1 - example_mask. Load Image's MASK is 1 - alpha: turn this on to use a cut-out's shape",
     },
+)
+
+
+_MODEL_TOOLTIP = (
+    "A CLIPSeg (processor, model) pair: for textmask's masking nodes, and SaltAI's and WAS Node Suite's too"
+)
+_MASKING_TOOLTIPS = (
+    "Masks [B, H, W] in 0..1 at the first image's size, after threshold, grow/shrink, blur and invert",
+    "The masks as black-and-white images [B, H, W, 3]",
+    "A heat-map of each mask over its image [B, H, W, 3] (a preview)",
 )
 
 
@@ -98,6 +119,10 @@ class SaltCLIPSegMasking:
 
     RETURN_TYPES = ("MASK", "IMAGE")
     RETURN_NAMES = ("masks", "mask_images")
+    OUTPUT_TOOLTIPS = (
+        "Masks [B, H, W] in 0..1 at the first image's size, normalized as SaltAI's node does ((p - min) / max)",
+        "The masks as black-and-white images [B, H, W, 3]",
+    )
     FUNCTION = "CLIPSeg_image"
     CATEGORY = "SALT/Masking"
 
@@ -132,6 +157,7 @@ class SaltCLIPSegLoader:
     RETURN_TYPES = ("CLIPSEG_MODEL",)
     RETURN_NAMES = ("clipseg_model",)
     FUNCTION = "clipseg_model"
+    OUTPUT_TOOLTIPS = (_MODEL_TOOLTIP,)
     CATEGORY = "SALT/Loaders"
 
     def clipseg_model(self, model: str) -> tuple[Any]:
@@ -193,6 +219,7 @@ class TextmaskCLIPSegLoader:
     RETURN_TYPES = ("CLIPSEG_MODEL",)
     RETURN_NAMES = ("clipseg_model",)
     FUNCTION = "load"
+    OUTPUT_TOOLTIPS = (_MODEL_TOOLTIP,)
     CATEGORY = "textmask/loaders"
     DESCRIPTION = (
         "Loads a CLIPSeg model from ComfyUI/models/clipseg (or the default hub id) once per process. The output "
@@ -224,11 +251,21 @@ class TextmaskCLIPSegMasking:
                 "images": ("IMAGE",),
                 "prompts": (
                     "STRING",
-                    {"default": "", "multiline": True, "tooltip": "What to mask, one prompt per line"},
+                    {
+                        "default": "",
+                        "multiline": True,
+                        "placeholder": "prompts: what to mask, one per line (e.g. a cat)",
+                        "tooltip": "prompts: what to mask, one prompt per line",
+                    },
                 ),
                 "negative_prompts": (
                     "STRING",
-                    {"default": "", "multiline": True, "tooltip": "What to remove from the mask, one per line"},
+                    {
+                        "default": "",
+                        "multiline": True,
+                        "placeholder": "negative prompts: what to remove from the mask, one per line",
+                        "tooltip": "negative_prompts: what to remove from the mask, one per line",
+                    },
                 ),
                 "combine": (COMBINE_CHOICES, {"default": "union", "tooltip": "union: any prompt; intersection: all"}),
                 "normalize": _NORMALIZE,
@@ -265,11 +302,13 @@ class TextmaskCLIPSegMasking:
                 "detail": _DETAIL,
                 "temporal_smoothing": _TEMPORAL_SMOOTHING,
                 "refine": _REFINE,
+                "stabilize": _STABILIZE,
             },
         }
 
     RETURN_TYPES = ("MASK", "IMAGE", "IMAGE")
     RETURN_NAMES = ("mask", "mask_image", "heatmap")
+    OUTPUT_TOOLTIPS = _MASKING_TOOLTIPS
     FUNCTION = "mask"
     CATEGORY = "textmask/masking"
     DESCRIPTION = (
@@ -299,6 +338,7 @@ class TextmaskCLIPSegMasking:
         detail: str = "off",
         temporal_smoothing: float = 0.0,
         refine: bool = False,
+        stabilize: float = 0.0,
     ) -> tuple[Any, Any, Any]:
         """IMAGE ``[B, H, W, C]`` → mask ``[B, H, W]``, mask image and heat-map ``[B, H, W, 3]``."""
         from ..prompts import combine_prompts
@@ -311,7 +351,7 @@ class TextmaskCLIPSegMasking:
         return _mask_with_previews(
             images, positive, negative, clipseg_model, overlay_alpha, threshold, float(temporal_smoothing),
             combine=combine, normalize=normalize, blur=float(blur), grow=int(grow), invert=bool(invert),
-            batch_size=int(batch_size), detail=detail, refine=bool(refine),
+            batch_size=int(batch_size), detail=detail, refine=bool(refine), stabilize=float(stabilize),
         )  # fmt: skip
 
 
@@ -371,6 +411,7 @@ class TextmaskCLIPSegExampleMasking:
 
     RETURN_TYPES = ("MASK", "IMAGE", "IMAGE")
     RETURN_NAMES = ("mask", "mask_image", "heatmap")
+    OUTPUT_TOOLTIPS = _MASKING_TOOLTIPS
     FUNCTION = "mask"
     CATEGORY = "textmask/masking"
     DESCRIPTION = (
@@ -485,6 +526,7 @@ class TextmaskRefineMask:
 
     RETURN_TYPES = ("MASK",)
     RETURN_NAMES = ("mask",)
+    OUTPUT_TOOLTIPS = ("The refined masks [B, H, W] in 0..1 at the images' size",)
     FUNCTION = "refine"
     CATEGORY = "textmask/masking"
     DESCRIPTION = "Moves a mask's borders onto the image's own edges, at the image's resolution."
@@ -500,8 +542,9 @@ class TextmaskRefineMask:
 class TextmaskMaskToInstances:
     """Split masks into their objects (connected regions above a threshold), largest first, with boxes.
 
-    The boxes come in the forms other nodes take: ComfyUI's ``BOUNDING_BOX`` (SAM 3 Detect, Draw BBoxes),
-    KJNodes' ``BBOX`` (x, y, width, height), and Impact Pack's ``SEGS`` (detailers).
+    Every box output pairs with what it is wired to (docs/comfyui.md, "Boxes and frames"): KJNodes' ``BBOX``
+    one box per frame, core ``BOUNDING_BOX`` a list per frame, Impact's ``SEGS`` for the batch and per frame,
+    and one box per object to go with the instance masks.
     """
 
     @classmethod
@@ -520,7 +563,8 @@ class TextmaskMaskToInstances:
                         "min": 0,
                         "max": 1 << 24,
                         "step": 1,
-                        "tooltip": "Drop objects under this many pixels",
+                        "tooltip": "Drop objects under this many pixels; 0 keeps every object, single pixels too "
+                        "(no other size floor applies)",
                     },
                 ),
                 "max_instances": (
@@ -530,26 +574,144 @@ class TextmaskMaskToInstances:
             },
             "optional": {
                 "label": ("STRING", {"default": "textmask", "tooltip": "The label of the boxes and SEGS"}),
+                "track": _TRACK,
             },
         }
 
-    RETURN_TYPES = ("MASK", "BOUNDING_BOX", "BBOX", "SEGS", "INT")
-    RETURN_NAMES = ("instance_masks", "boxes", "bboxes", "segs", "count")
+    RETURN_TYPES = ("MASK", "BOUNDING_BOX", "BBOX", "SEGS", "INT", "SEGS", "BBOX")
+    RETURN_NAMES = ("instance_masks", "boxes", "bboxes", "segs", "count", "segs_per_frame", "instance_bboxes")
+    OUTPUT_IS_LIST = (False, False, False, False, False, True, False)
+    OUTPUT_TOOLTIPS = (
+        "One mask per object [N, H, W]: every frame's objects in frame order, largest first (one empty mask "
+        "when there is none)",
+        "Core BOUNDING_BOX: per frame a list of {x, y, width, height, score, label}; [] for a frame without objects",
+        "KJNodes BBOX, one (x, y, w, h) per frame, in frame order: the frame's largest object, (0, 0, 0, 0) "
+        "for an empty frame. For BboxVisualize, BboxToInt (index = frame)",
+        "Impact Pack SEGS holding every frame's objects (as Impact's MASK to SEGS does for a batch)",
+        "The number of objects (N), all frames together",
+        "A list with one Impact SEGS per frame (an empty SEGS for a frame without objects): nodes after it run "
+        "once per frame",
+        "KJNodes BBOX, one (x, y, w, h) per object, pairing with instance_masks",
+    )
     FUNCTION = "split"
     CATEGORY = "textmask/masking"
     DESCRIPTION = (
-        "One mask per object (largest first), with boxes for SAM 3 / Draw BBoxes (BOUNDING_BOX), KJNodes (BBOX) "
-        "and Impact Pack detailers (SEGS). A mask with no object gives one empty mask and count 0."
+        "One mask per object (largest first), with boxes that pair with their frames: per-frame lists for "
+        "BOUNDING_BOX nodes (SAM3 Detect, in ComfyUI releases after v0.8.0, which has none), one box per frame for "
+        "KJNodes' BBOX nodes (BboxVisualize, BboxToInt), "
+        "Impact Pack SEGS for the batch and per frame, and one box per object. A mask with no object gives one "
+        "empty mask and count 0; empty frames never fail the next node."
     )
 
     def split(
-        self, masks: Any, threshold: float = 0.5, min_area: int = 64, max_instances: int = 0, label: str = "textmask"
-    ) -> tuple[Any, Any, Any, Any, int]:
-        """MASK ``[B, H, W]`` → instance MASK ``[N, H, W]`` (every image's objects in order), per-image boxes,
-        KJNodes boxes, SEGS and the object count N."""
+        self,
+        masks: Any,
+        threshold: float = 0.5,
+        min_area: int = 64,
+        max_instances: int = 0,
+        label: str = "textmask",
+        track: bool = False,
+    ) -> tuple[Any, Any, Any, Any, int, Any, Any]:
+        """MASK ``[B, H, W]`` → instance MASK ``[N, H, W]``, per-frame boxes, one KJNodes box per frame, SEGS of the
+        batch, the object count N, one SEGS per frame (a list) and one KJNodes box per object. With ``track`` (see
+        :func:`_tracked_split`)."""
         from . import runtime
 
+        if track:
+            return _tracked_split(masks, float(threshold), int(min_area), int(max_instances), str(label))
         return runtime.mask_instances(masks, float(threshold), int(min_area), int(max_instances), str(label))
+
+
+# ------------------------------------------------------------------------------------------ video tracking
+_TRACK = (
+    "BOOLEAN",
+    {
+        "default": False,
+        "tooltip": "The batch is a video's frames, in order: track the objects, so each keeps its id. Every frame "
+        "then gives one mask per track, in id order (empty where it is absent); box labels end in #id",
+    },
+)
+
+
+def _tracked_split(
+    masks: Any, threshold: float, min_area: int, max_instances: int, label: str
+) -> tuple[Any, Any, Any, Any, int, Any, Any]:
+    """Mask to Instances with ``track``: ``[B × N, H, W]`` masks (per frame, N tracks in id order; the N
+    largest tracks with ``max_instances``), boxes per frame (present objects, ``label #id``), one KJNodes box
+    per frame, SEGS, N, SEGS per frame and one KJNodes box per instance mask."""
+    from . import runtime
+
+    return runtime.tracked_instances(masks, threshold, min_area, max_instances, label)
+
+
+class TextmaskTrackMasks:
+    """Track the objects of a video's masks: one MASK batch per object, with ids that persist across frames.
+
+    Objects are the connected regions above the threshold; they are matched from frame to frame by overlap
+    with their motion-predicted masks, objects that touch are kept apart, and an object that leaves and comes
+    back within ``window`` frames keeps its id (:func:`textmask.track`).
+    """
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "The video's frames, in order (their colours help re-find objects)"}),
+                "masks": ("MASK", {"tooltip": "One mask per frame, e.g. from CLIPSeg Masking (textmask)"}),
+                "threshold": (
+                    "FLOAT",
+                    {"default": 0.5, "min": 0.0, "max": 0.99, "step": 0.01, "tooltip": "Object pixels: above this"},
+                ),
+                "min_area": (
+                    "INT",
+                    {"default": 64, "min": 0, "max": 1 << 24, "step": 1, "tooltip": "Ignore objects under this"},
+                ),
+                "window": (
+                    "INT",
+                    {
+                        "default": 30,
+                        "min": 0,
+                        "max": 10000,
+                        "step": 1,
+                        "tooltip": "Frames an object may be gone and come back under its id",
+                    },
+                ),
+            },
+            "optional": {
+                "label": ("STRING", {"default": "textmask", "tooltip": "The label of the boxes (then #id)"}),
+            },
+        }
+
+    RETURN_TYPES = ("MASK", "BOUNDING_BOX", "BBOX", "STRING", "INT")
+    RETURN_NAMES = ("track_masks", "boxes", "bboxes", "tracks_json", "count")
+    OUTPUT_IS_LIST = (True, False, False, False, False)
+    OUTPUT_TOOLTIPS = (
+        "A list with one MASK batch [T, H, W] per track id, in id order: the object in every frame, empty where "
+        "it is absent (nodes after it run once per track)",
+        "Core BOUNDING_BOX: per frame a list of {x, y, width, height, score, label: 'label #id'}; [] for a frame "
+        "without objects",
+        "KJNodes BBOX, one (x, y, w, h) per frame, in frame order: the frame's largest object, (0, 0, 0, 0) for an "
+        "empty frame. For BboxVisualize, BboxToInt (index = frame)",
+        "The tracks as JSON: the ids, and per frame each object's id, box, score and area",
+        "The number of tracks",
+    )
+    FUNCTION = "track"
+    CATEGORY = "textmask/masking"
+    DESCRIPTION = (
+        "Objects tracked over a video's masks: a list of MASK batches, one per track id (each as long as the video, "
+        "empty where the object is absent), the boxes per frame (labels end in #id; BOUNDING_BOX and KJNodes "
+        "BBOX), the tracks as JSON and the number of tracks."
+    )
+
+    def track(
+        self, images: Any, masks: Any, threshold: float = 0.5, min_area: int = 64, window: int = 30,
+        label: str = "textmask",
+    ) -> tuple[Any, Any, Any, str, int]:  # fmt: skip
+        """IMAGE ``[T, H, W, C]`` + MASK ``[T, H, W]`` → per-track MASK ``[T, H, W]`` list, boxes per frame,
+        KJNodes boxes, JSON and the track count."""
+        from . import runtime
+
+        return runtime.track_video(images, masks, float(threshold), int(min_area), int(window), str(label))
 
 
 NODE_CLASS_MAPPINGS = {
@@ -560,6 +722,7 @@ NODE_CLASS_MAPPINGS = {
     "TextmaskCLIPSegExampleMasking": TextmaskCLIPSegExampleMasking,
     "TextmaskRefineMask": TextmaskRefineMask,
     "TextmaskMaskToInstances": TextmaskMaskToInstances,
+    "TextmaskTrackMasks": TextmaskTrackMasks,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -570,4 +733,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "TextmaskCLIPSegExampleMasking": "CLIPSeg Masking by Example (textmask)",
     "TextmaskRefineMask": "Refine Mask (textmask)",
     "TextmaskMaskToInstances": "Mask to Instances (textmask)",
+    "TextmaskTrackMasks": "Track Masks (textmask)",
 }

@@ -419,6 +419,14 @@ def as_masks(mask: torch.Tensor) -> torch.Tensor:
     return mask.reshape(-1, mask.shape[-2], mask.shape[-1]).float()
 
 
+def check_mask(mask: Any, name: str) -> torch.Tensor:
+    """A MASK input: a tensor ``[H, W]`` / ``[B, H, W]``, else a clear error naming the input."""
+    if not isinstance(mask, torch.Tensor) or mask.dim() < 2:
+        shape = list(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise InputError(f"{name}: expected a MASK tensor [B, H, W], got {shape}")
+    return mask
+
+
 def first_size(images: torch.Tensor | list[torch.Tensor]) -> tuple[int, int]:
     """``(H, W)`` of the first image: the seed node's output size for the whole batch."""
     first = images[0]
@@ -530,7 +538,10 @@ def run_masks(
     With ``smoothing`` > 0 the batch is a video's frames, in order (``segmenter.stream``)."""
     total = len(images)
     run = {"output_size": output_size, "progress": progress_reporter(total), "output_device": output_device()}
-    if smoothing > 0:
+    stabilize = float(options.pop("stabilize", 0.0))  # a video's frames too, flow-warped (textmask.stabilize)
+    if smoothing > 0 or stabilize > 0:
+        if stabilize > 0:
+            options["stabilize"] = stabilize
         stream = segmenter.stream(
             [prompts], negative_prompts=negative_prompts, smoothing=smoothing, batch_size=batch_size, **options
         )
@@ -568,24 +579,140 @@ def refine_masks(images: Any, masks: Any, **settings: Any) -> torch.Tensor:
 
 def mask_instances(
     masks: Any, threshold: float, min_area: int, max_instances: int, label: str
-) -> tuple[torch.Tensor, list[Any], list[Any], Any, int]:
-    """The Mask to Instances node: MASK ``[B, H, W]`` → (instance masks ``[N, H, W]`` (one empty mask when
-    N = 0), ComfyUI ``BOUNDING_BOX`` per image, KJNodes ``BBOX``, Impact ``SEGS`` of all images, N)."""
-    from ..components import instances, to_bounding_boxes, to_kj_bboxes, to_segs
+) -> tuple[torch.Tensor, list[Any], list[Any], Any, int, list[Any], list[Any]]:
+    """The Mask to Instances node: MASK ``[B, H, W]`` → its outputs (see :func:`instance_outputs`).
+
+    ``min_area`` is the only size floor: 0 keeps every object, single pixels too."""
+    from ..components import instances
 
     if not isinstance(masks, torch.Tensor):
         raise InputError(f"masks: expected a MASK tensor [B, H, W], got {type(masks).__name__}")
     values = as_masks(masks).clamp(0, 1)
-    found = instances(values, threshold=threshold, min_area=min_area, max_instances=max_instances or None)
+    found = instances(
+        values, threshold=threshold, min_area=min_area, min_fraction=0.0, max_instances=max_instances or None
+    )
+    return instance_outputs(found, (int(values.shape[-2]), int(values.shape[-1])), label)
+
+
+def instance_outputs(
+    found: list[Any], size: tuple[int, int], label: str
+) -> tuple[torch.Tensor, list[Any], list[Any], Any, int, list[Any], list[Any]]:
+    """One :class:`textmask.components.Instances` per frame → Mask to Instances' outputs, each in the convention
+    of the nodes it feeds (docs/comfyui.md, "Boxes and frames"):
+
+    * ``instance_masks`` ``[N, H, W]``: every frame's objects in frame order, largest first (one empty mask
+      when N = 0);
+    * ``boxes``, core ``BOUNDING_BOX``: per frame a list of ``{"x", "y", "width", "height", "score", "label"}``,
+      ``[]`` for a frame without objects (as SAM3 Detect outputs them);
+    * ``bboxes``, KJNodes ``BBOX``: one ``(x, y, w, h)`` per frame, the largest object, ``(0, 0, 0, 0)`` for an
+      empty frame;
+    * ``segs``: one Impact ``SEGS`` holding every frame's objects (as Impact's MASK to SEGS does for a batch);
+    * ``count``: N;
+    * ``segs_per_frame``: a list output, one ``SEGS`` per frame (``((H, W), [])`` for an empty frame);
+    * ``instance_bboxes``, KJNodes ``BBOX``: one ``(x, y, w, h)`` per object, pairing with ``instance_masks``.
+    """
+    from ..components import to_bounding_boxes, to_kj_bboxes, to_kj_frame_bboxes, to_segs
+
+    height, width = size
     stacked = [item.masks for item in found if len(item)]
-    height, width = values.shape[-2:]
     instance_masks = torch.cat(stacked) if stacked else torch.zeros((1, height, width))
-    segs: list[Any] = []
-    for item in found:
-        segs.extend(to_segs(item, label=label)[1])
+    per_frame = [to_segs(item, label=label) for item in found]
+    segs = ((int(height), int(width)), [seg for _, frame in per_frame for seg in frame])
     count = sum(len(item) for item in found)
-    boxes, bboxes = to_bounding_boxes(found, label=label), to_kj_bboxes(found)
-    return instance_masks.to(output_device()), boxes, bboxes, ((int(height), int(width)), segs), count
+    return (
+        instance_masks.to(output_device()),
+        to_bounding_boxes(found, label=label),
+        to_kj_frame_bboxes(found),
+        segs,
+        count,
+        per_frame,
+        to_kj_bboxes(found),
+    )
+
+
+def tracked_instances(
+    masks: Any, threshold: float, min_area: int, max_instances: int, label: str
+) -> tuple[torch.Tensor, list[Any], list[Any], Any, int, list[Any], list[Any]]:
+    """Mask to Instances with ``track``: MASK ``[B, H, W]`` (a video's frames) → the outputs of
+    :func:`instance_outputs`, with ``instance_masks`` ``[B × N, H, W]`` (per frame, one mask per track in id order,
+    empty where absent), ``count`` N (the tracks), ``boxes`` labelled ``label #id``, and ``instance_bboxes`` one per
+    instance mask (``(0, 0, 0, 0)`` where the track is absent). ``max_instances`` keeps the N tracks of largest
+    total area."""
+    from ..components import to_kj_frame_bboxes, to_segs
+    from ..tracking import track, track_ids, track_masks
+
+    if not isinstance(masks, torch.Tensor):
+        raise InputError(f"masks: expected a MASK tensor [B, H, W], got {type(masks).__name__}")
+    values = as_masks(masks).clamp(0, 1)
+    found = track(values, threshold=threshold, min_area=min_area, min_fraction=0.0)
+    ids = track_ids(found)
+    per_track = track_masks(found, ids)  # [N, B, H, W]
+    if max_instances and len(ids) > max_instances:
+        order = torch.argsort((per_track > 0).flatten(1).sum(1), descending=True, stable=True)[:max_instances]
+        keep = sorted(int(i) for i in order)
+        ids, per_track = [ids[i] for i in keep], per_track[keep]
+    frames, height, width = values.shape
+    if ids:
+        stacked = per_track.permute(1, 0, 2, 3).reshape(frames * len(ids), height, width)
+    else:
+        stacked = torch.zeros((1, height, width))
+    per_frame = [to_segs(item, label=label) for item in found]
+    segs = ((int(height), int(width)), [seg for _, frame in per_frame for seg in frame])
+    instance_bboxes = []
+    for item in found:
+        boxes = {int(i): box for i, box in zip(item.ids.tolist(), item.boxes.tolist())}
+        for track_id in ids:
+            x0, y0, x1, y1 = boxes.get(track_id, (0, 0, 0, 0))
+            instance_bboxes.append((int(x0), int(y0), int(x1 - x0), int(y1 - y0)))
+    return (
+        stacked.to(output_device()),
+        _labelled_boxes(found, ids, label),
+        to_kj_frame_bboxes(found),
+        segs,
+        len(ids),
+        per_frame,
+        instance_bboxes,
+    )
+
+
+def _labelled_boxes(found: list[Any], ids: list[int], label: str) -> list[list[dict[str, Any]]]:
+    """ComfyUI ``BOUNDING_BOX`` per frame for the tracks in ``ids``, in id order, each labelled ``label #id``."""
+    keep = set(ids)
+    frames = []
+    for item in found:
+        frame = []
+        for track_id, (x0, y0, x1, y1), score in zip(item.ids.tolist(), item.boxes.tolist(), item.scores.tolist()):
+            if track_id in keep:
+                entry = {"x": x0, "y": y0, "width": x1 - x0, "height": y1 - y0, "score": score}
+                frame.append({**entry, "label": f"{label} #{track_id}", "id": track_id})
+        frames.append(frame)
+    return frames
+
+
+def track_video(
+    images: Any, masks: Any, threshold: float, min_area: int, window: int, label: str
+) -> tuple[list[torch.Tensor], list[Any], list[Any], str, int]:
+    """The Track Masks node: IMAGE ``[T, H, W, C]`` + MASK ``[T, H, W]`` → (a list of ``[T, H, W]`` MASK
+    batches, one per track id; ``BOUNDING_BOX`` per frame, labels ``label #id``; KJNodes ``BBOX``; the tracks as
+    JSON; the track count)."""
+    import json
+
+    from ..components import to_kj_frame_bboxes
+    from ..tracking import describe_tracks, track, track_ids, track_masks
+
+    if not isinstance(masks, torch.Tensor):
+        raise InputError(f"masks: expected a MASK tensor [T, H, W], got {type(masks).__name__}")
+    values = as_masks(masks).clamp(0, 1)
+    batch = as_images(images)
+    if isinstance(batch, list) or batch.shape[0] != values.shape[0] or batch.shape[1:3] != values.shape[1:]:
+        shape = [len(batch)] if isinstance(batch, list) else list(batch.shape)
+        raise InputError(f"images: {shape} do not match masks {list(values.shape)}: one frame per mask, same size")
+    found = track(values, batch, threshold=threshold, min_area=min_area, min_fraction=0.0, window=window)
+    ids = track_ids(found)
+    per_track = track_masks(found, ids).to(output_device())
+    described = {"ids": ids, "frames": describe_tracks(found)}
+    tracks = [per_track[n] for n in range(len(ids))] or [torch.zeros_like(values).to(output_device())]
+    return tracks, _labelled_boxes(found, ids, label), to_kj_frame_bboxes(found), json.dumps(described), len(ids)
 
 
 __all__ = [

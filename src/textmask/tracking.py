@@ -1,0 +1,546 @@
+"""Tracking: the objects of a video's masks, with ids that persist from frame to frame.
+
+:func:`track` (and its stateful form :class:`Tracker`, for a stream of chunks) turns one prompt's masks
+``[T, H, W]`` into T :class:`~textmask.components.Instances` whose ``ids`` name the same object in every frame.
+
+Per frame:
+
+1. **Detections**: the 8-connected components of ``mask > threshold`` (specks dropped), as
+   :func:`textmask.instances` finds them.
+2. **Prediction**: each live track's last mask, shifted by its constant-velocity motion (an exponential average
+   of its centroid's steps) times the frames since it was last seen.
+3. **Splitting merged blobs**: objects that touch or overlap make one component in a single prompt's mask. A
+   component claimed by several predictions (each covers it by ``claim`` of its own area), and large enough to
+   hold them (``merge_ratio`` of their summed areas; less means one hides the other), is split: each pixel goes
+   to the prediction it lies deepest in (signed distance to each predicted mask).
+4. **Matching**: the IoU of every prediction with every detection (for a track lost a while, also a score from
+   the distance of the centroids, so that an object that passed behind another is found again), times an
+   appearance term (mean colour) when ``images`` are given; solved as an assignment
+   (``scipy.optimize.linear_sum_assignment``). A leftover piece mostly inside a matched prediction (the object
+   broke in two) joins that object.
+5. **Bookkeeping**: unmatched detections start new tracks (new ids, counting from 1); unmatched tracks are kept
+   for ``window`` frames and come back under their id if matched again within it.
+
+Everything is sequential in time, so a video tracked chunk by chunk (:class:`Tracker`) gives exactly what the
+same video tracked in one piece gives.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .components import Instances
+from .errors import InputError
+
+__all__ = ["DEFAULT_WINDOW", "Tracker", "describe_tracks", "track", "track_ids", "track_masks"]
+
+DEFAULT_WINDOW = 30  # frames a lost track waits to be found again (~1 s of video)
+DEFAULT_MIN_FRACTION = 1e-3  # components under 0.1 % of the frame are noise, not objects to track
+
+
+@dataclass
+class _Track:
+    """One object: its last mask (a crop at ``(top, left)``), motion, colour and when it was last seen."""
+
+    id: int
+    crop: np.ndarray  # bool [h, w]
+    top: int
+    left: int
+    cy: float
+    cx: float
+    area: int
+    last: int
+    vy: float = 0.0
+    vx: float = 0.0
+    hits: int = 1
+    colour: np.ndarray | None = None
+
+
+@dataclass
+class _Frame:
+    """Working data of one frame: component labels (0: none) and per-component statistics."""
+
+    labels: np.ndarray  # int32 [H, W]
+    areas: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+
+
+def _as_masks(masks: Any, name: str = "masks") -> torch.Tensor:
+    if not isinstance(masks, torch.Tensor):
+        try:
+            masks = torch.as_tensor(np.asarray(masks))
+        except (TypeError, ValueError):
+            raise InputError(f"{name}: expected a [T, H, W] tensor or array, got {type(masks).__name__}") from None
+    if masks.dim() != 3:
+        raise InputError(f"{name}: expected [T, H, W] (one prompt's masks of T frames), got shape {list(masks.shape)}")
+    if masks.dtype == torch.uint8:
+        return masks.float() / 255.0
+    if masks.dtype == torch.bool:
+        return masks.float()
+    if not masks.is_floating_point():
+        raise InputError(f"{name}: expected float in [0, 1], uint8 or bool, got {masks.dtype}")
+    return masks.float()
+
+
+def as_frames(images: Any, count: int, size: tuple[int, int], name: str = "images") -> torch.Tensor:
+    """``images`` ``[T, H, W, C]`` (float in [0, 1], uint8; C = 1, 3 or 4) checked against the masks' frame count
+    and size → ``[T, H, W, 3]`` uint8 on the CPU."""
+    from .images import channels_last_to_levels
+
+    if not isinstance(images, torch.Tensor):
+        try:
+            images = torch.as_tensor(np.asarray(images))
+        except (TypeError, ValueError):
+            raise InputError(f"{name}: expected a [T, H, W, C] tensor or array, got {type(images).__name__}") from None
+    if images.dim() != 4:
+        raise InputError(f"{name}: expected [T, H, W, C] frames, got shape {list(images.shape)}")
+    if images.shape[0] != count:
+        raise InputError(f"{name}: {images.shape[0]} frames for {count} masks; give one image per mask")
+    if tuple(images.shape[1:3]) != tuple(size):
+        raise InputError(f"{name}: frames of {list(images.shape[1:3])} for masks of {list(size)}; sizes must match")
+    return channels_last_to_levels(images.cpu(), name).permute(0, 2, 3, 1).contiguous()
+
+
+def _shifted(track: _Track, gap: int, height: int, width: int) -> tuple[np.ndarray, int, int]:
+    """The track's predicted crop and its top-left ``(top, left)`` after ``gap`` frames at constant velocity,
+    kept overlapping the frame by at least one pixel (an object that left is looked for at the border)."""
+    h, w = track.crop.shape
+    top = round(track.top + track.vy * gap)
+    left = round(track.left + track.vx * gap)
+    top = min(max(top, 1 - h), height - 1)
+    left = min(max(left, 1 - w), width - 1)
+    return track.crop, top, left
+
+
+def _window(top: int, left: int, h: int, w: int, height: int, width: int) -> tuple[slice, slice, slice, slice]:
+    """Slices of the frame and of a crop for the part of an ``h × w`` crop at ``(top, left)`` inside the frame."""
+    y0, x0 = max(top, 0), max(left, 0)
+    y1, x1 = min(top + h, height), min(left + w, width)
+    return (
+        slice(y0, max(y0, y1)),
+        slice(x0, max(x0, x1)),
+        slice(y0 - top, max(y0, y1) - top),
+        slice(x0 - left, max(x0, x1) - left),
+    )
+
+
+class Tracker:
+    """Track one prompt's objects over a video given chunk by chunk (see the module docstring).
+
+    Args:
+        threshold: object pixels are ``mask > threshold``; in [0, 1).
+        min_area: components with fewer pixels are not objects.
+        min_fraction: nor are those under this fraction of the frame (the larger limit applies).
+        window: frames a lost track is kept; found again within them, it keeps its id.
+        claim: a prediction claims a component that covers this fraction of its own area.
+        merge_ratio: a component claimed by several predictions is split when its area is at least this
+            fraction of their summed areas (less: one object hides the other; the one left out waits).
+        momentum: weight of the old velocity in the velocity average (0: the last step only).
+        min_score: the least matching score (IoU, or the distance score of a lost track) that links a
+            detection to a track.
+        appearance: with images, the width (RGB in [0, 1]) of the colour term that multiplies the score;
+            None ignores the images.
+        fragment: an unmatched piece smaller than this fraction of the detection a track matched, lying mostly
+            inside the track's prediction, joins that detection; a larger one is a new object.
+        motion: predict with constant velocity (False: where the object was last seen).
+        split: split blobs claimed by several tracks (False: a blob is one object).
+
+    Call :meth:`update` with consecutive chunks; the results equal :func:`track` of the whole video.
+    """
+
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        min_area: int = 0,
+        min_fraction: float = DEFAULT_MIN_FRACTION,
+        window: int = DEFAULT_WINDOW,
+        claim: float = 0.3,
+        merge_ratio: float = 0.7,
+        momentum: float = 0.5,
+        min_score: float = 0.1,
+        appearance: float | None = 0.25,
+        fragment: float = 0.3,
+        motion: bool = True,
+        split: bool = True,
+    ) -> None:
+        if not 0.0 <= float(threshold) < 1.0:
+            raise ValueError(f"threshold: must be in [0, 1), got {threshold}")
+        if int(min_area) < 0 or not 0.0 <= float(min_fraction) <= 1.0:
+            raise ValueError(
+                f"min_area / min_fraction: must be ≥ 0 pixels and in [0, 1], got {min_area}, {min_fraction}"
+            )
+        if int(window) < 0:
+            raise ValueError(f"window: must be ≥ 0 frames, got {window}")
+        for name, value in (("claim", claim), ("merge_ratio", merge_ratio), ("momentum", momentum)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"{name}: must be in [0, 1], got {value}")
+        if not 0.0 < float(min_score) <= 1.0:
+            raise ValueError(f"min_score: must be in (0, 1], got {min_score}")
+        if appearance is not None and not float(appearance) > 0:
+            raise ValueError(f"appearance: must be > 0 (or None: ignore the images), got {appearance}")
+        self.threshold, self.min_area, self.min_fraction = float(threshold), int(min_area), float(min_fraction)
+        self.window, self.claim, self.merge_ratio = int(window), float(claim), float(merge_ratio)
+        self.momentum, self.min_score = float(momentum), float(min_score)
+        self.appearance = None if appearance is None else float(appearance)
+        self.motion, self.split, self.fragment = bool(motion), bool(split), float(fragment)
+        self.frame = 0  # frames seen so far
+        self.size: tuple[int, int] | None = None
+        self._tracks: list[_Track] = []
+        self._next_id = 1
+        self._grid: tuple[np.ndarray, np.ndarray] | None = None  # pixel rows and columns, flattened
+
+    @property
+    def live_ids(self) -> list[int]:
+        """Ids of the tracks still kept (seen within ``window`` frames), in id order."""
+        return sorted(t.id for t in self._tracks)
+
+    def update(self, masks: Any, images: Any = None) -> list[Instances]:
+        """Track the next frames.
+
+        Args:
+            masks: ``[B, H, W]`` float in [0, 1] (uint8 read as /255, bool as 0/1): one prompt's masks of the
+                frames that follow the previous call's.
+            images: optional ``[B, H, W, C]`` frames (float in [0, 1] or uint8) for the appearance term.
+
+        Returns:
+            B :class:`~textmask.components.Instances` (on the masks' device), objects in id order, with
+            ``ids`` ``[K]`` int64.
+        """
+        masks = _as_masks(masks)
+        count, height, width = masks.shape
+        if self.size is None:
+            self.size = (height, width)
+        elif self.size != (height, width):
+            raise InputError(
+                f"masks: frames of {[height, width]} after frames of {list(self.size)}; one size per video"
+            )
+        frames = None
+        if images is not None and self.appearance is not None:
+            frames = as_frames(images, count, (height, width)).numpy()
+        values = masks.detach().cpu().numpy()
+        found = []
+        for index in range(count):
+            found.append(self._step(values[index], None if frames is None else frames[index], masks.device))
+        return found
+
+    # --------------------------------------------------------------------------------------------- steps
+    def _step(self, mask: np.ndarray, image: np.ndarray | None, device: torch.device) -> Instances:
+        from scipy import ndimage
+        from scipy.optimize import linear_sum_assignment
+
+        height, width = mask.shape
+        t = self.frame
+        self.frame += 1
+        self._tracks = [tr for tr in self._tracks if t - tr.last <= self.window]
+
+        structure = np.ones((3, 3), dtype=bool)
+        labels, count = ndimage.label(mask > self.threshold, structure=structure)
+        smallest = max(self.min_area, math.ceil(self.min_fraction * height * width), 1)
+        areas = np.bincount(labels.ravel(), minlength=count + 1)
+        small = areas < smallest
+        small[0] = False
+        if small.any():
+            labels[small[labels]] = 0
+        live = [tr for tr in self._tracks]
+        predictions = [_shifted(tr, t - tr.last, height, width) for tr in live]
+
+        overlap = self._overlaps(labels, count, predictions)
+        if self.split:
+            labels, count = self._split(labels, count, predictions, overlap, smallest)
+            overlap = self._overlaps(labels, count, predictions)
+        areas = np.bincount(labels.ravel(), minlength=count + 1).astype(np.int64)
+        present = np.flatnonzero(areas[1:] > 0) + 1  # components left after dropping specks
+
+        stats = self._stats(labels, count, image)
+        scores = self._scores(live, predictions, overlap, areas, present, stats, t)
+        matched: dict[int, int] = {}  # component label → index in live
+        if scores.size:
+            rows, cols = linear_sum_assignment(-scores)
+            for r, c in zip(rows, cols):
+                if scores[r, c] >= self.min_score:
+                    matched[int(present[c])] = int(r)
+        # Fragments: a small unmatched piece lying mostly inside a matched track's prediction joins it (the
+        # object broke up); a large one is another object coming apart from it, and starts its own track.
+        owner_of = {k: label for label, k in matched.items()}
+        for label in present:
+            if int(label) in matched or not len(live):
+                continue
+            k = int(np.argmax(overlap[:, label]))
+            small = k in owner_of and areas[label] < self.fragment * areas[owner_of[k]]
+            if small and overlap[k, label] >= 0.5 * areas[label]:
+                labels[labels == label] = owner_of[k]
+                areas[owner_of[k]] += areas[label]
+                areas[label] = 0
+        if any(areas[label] == 0 for label in present):
+            stats = self._stats(labels, count, image)
+        objects: list[tuple[int, int]] = []  # (id, component label)
+        for label in present:
+            label = int(label)
+            if areas[label] == 0:
+                continue
+            if label in matched:
+                tr = live[matched[label]]
+                self._observe(tr, labels, label, stats, t)
+            else:
+                tr = self._start(labels, label, stats, t)
+            objects.append((tr.id, label))
+        objects.sort()
+        return self._instances(mask, labels, objects, device)
+
+    def _overlaps(self, labels: np.ndarray, count: int, predictions: list[tuple[np.ndarray, int, int]]) -> np.ndarray:
+        """``[N, count + 1]`` pixels of each prediction on each component (column 0: outside every component)."""
+        height, width = labels.shape
+        overlap = np.zeros((len(predictions), count + 1), dtype=np.int64)
+        for k, (crop, top, left) in enumerate(predictions):
+            fy, fx, cy, cx = _window(top, left, *crop.shape, height, width)
+            inside = labels[fy, fx][crop[cy, cx]]
+            overlap[k] = np.bincount(inside, minlength=count + 1)[: count + 1]
+        return overlap
+
+    def _split(
+        self,
+        labels: np.ndarray,
+        count: int,
+        predictions: list[tuple[np.ndarray, int, int]],
+        overlap: np.ndarray,
+        smallest: int,
+    ) -> tuple[np.ndarray, int]:
+        """Split components claimed by several predictions (see the module docstring); returns new labels."""
+        from scipy import ndimage
+
+        if len(predictions) < 2 or count == 0:
+            return labels, count
+        height, width = labels.shape
+        predicted_area = np.array([crop[_window(t, lf, *crop.shape, height, width)[2:]].sum() for crop, t, lf in
+                                   predictions], dtype=np.float64)  # fmt: skip
+        claims = overlap[:, 1:] >= self.claim * np.maximum(predicted_area[:, None], 1)
+        areas = np.bincount(labels.ravel(), minlength=count + 1)
+        boxes = ndimage.find_objects(labels, max_label=count)
+        for c in np.flatnonzero(claims.sum(0) >= 2):
+            label = int(c) + 1
+            claimants = np.flatnonzero(claims[:, c])
+            if areas[label] < self.merge_ratio * predicted_area[claimants].sum() or boxes[c] is None:
+                continue
+            ys, xs = boxes[c]
+            pad = 2
+            y0, y1 = max(ys.start - pad, 0), min(ys.stop + pad, height)
+            x0, x1 = max(xs.start - pad, 0), min(xs.stop + pad, width)
+            region = labels[y0:y1, x0:x1]
+            member = region == label
+            depth = np.empty((len(claimants), *member.shape), dtype=np.float32)
+            for i, k in enumerate(claimants):
+                crop, top, left = predictions[k]
+                canvas = np.zeros(member.shape, dtype=bool)
+                fy, fx, cy, cx = _window(top - y0, left - x0, *crop.shape, *member.shape)
+                canvas[fy, fx] = crop[cy, cx]
+                if not canvas.any():  # the prediction lies outside this box: far from every pixel
+                    depth[i] = np.float32(1e6)
+                    continue
+                # signed distance: negative inside the predicted mask (deeper is more negative)
+                depth[i] = ndimage.distance_transform_edt(~canvas) - ndimage.distance_transform_edt(canvas)
+            nearest = np.argmin(depth, axis=0)
+            pieces = []
+            for i in range(1, len(claimants)):
+                piece = member & (nearest == i)
+                if piece.sum() >= smallest:
+                    pieces.append(piece)
+            for piece in pieces:  # piece 0 keeps the component's label
+                count += 1
+                region[piece] = count
+        return labels, count
+
+    def _stats(self, labels: np.ndarray, count: int, image: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Per component: area, centroid ``(cy, cx)`` and mean colour (RGB in [0, 1]) when there is an image."""
+        flat = labels.ravel()
+        height, width = labels.shape
+        areas = np.bincount(flat, minlength=count + 1).astype(np.float64)
+        if self._grid is None or self._grid[0].size != height * width:
+            self._grid = tuple(v.astype(np.float64) for v in np.divmod(np.arange(height * width), width))
+        ys, xs = self._grid
+        safe = np.maximum(areas, 1)
+        stats = {
+            "area": areas,
+            "cy": np.bincount(flat, weights=ys, minlength=count + 1) / safe,
+            "cx": np.bincount(flat, weights=xs, minlength=count + 1) / safe,
+        }
+        if image is not None:
+            colour = image.reshape(-1, image.shape[-1])[:, :3].astype(np.float64) / 255.0
+            stats["colour"] = np.stack(
+                [np.bincount(flat, weights=colour[:, i], minlength=count + 1) / safe for i in range(3)], 1
+            )
+        return stats
+
+    def _scores(
+        self,
+        live: list[_Track],
+        predictions: list[tuple[np.ndarray, int, int]],
+        overlap: np.ndarray,
+        areas: np.ndarray,
+        present: np.ndarray,
+        stats: dict[str, np.ndarray],
+        t: int,
+    ) -> np.ndarray:
+        """``[N, D]`` matching scores of live tracks against present components."""
+        if not live or not len(present):
+            return np.zeros((len(live), len(present)))
+        height, width = self.size or (0, 0)
+        predicted_area = np.array(
+            [crop[_window(top, left, *crop.shape, height, width)[2:]].sum() for crop, top, left in predictions],
+            dtype=np.float64,
+        )
+        inter = overlap[:, present].astype(np.float64)
+        union = predicted_area[:, None] + areas[present][None, :] - inter
+        scores = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+        gaps = np.array([t - tr.last for tr in live], dtype=np.float64)
+        # Lost tracks: also a score from the predicted centroid's distance, for objects that reappear off the
+        # predicted mask (an occluder's far side, a change of speed); scaled by size likeness.
+        lost = gaps > 1
+        if lost.any():
+            py = np.array([tr.cy + tr.vy * g for tr, g in zip(live, gaps)])
+            px = np.array([tr.cx + tr.vx * g for tr, g in zip(live, gaps)])
+            size = np.sqrt(np.array([tr.area for tr in live], dtype=np.float64))
+            sigma = 0.5 * size * (1.0 + 0.05 * gaps)
+            distance2 = (py[:, None] - stats["cy"][present][None]) ** 2 + (
+                px[:, None] - stats["cx"][present][None]
+            ) ** 2
+            near = np.exp(-distance2 / (2 * sigma[:, None] ** 2))
+            track_area = np.array([tr.area for tr in live], dtype=np.float64)[:, None]
+            likeness = np.sqrt(
+                np.minimum(track_area, areas[present][None]) / np.maximum(track_area, areas[present][None])
+            )
+            scores = np.where(lost[:, None], np.maximum(scores, 0.5 * near * likeness), scores)
+        if "colour" in stats and self.appearance is not None:
+            colours = np.stack([tr.colour if tr.colour is not None else np.full(3, np.nan) for tr in live])
+            diff2 = ((colours[:, None, :] - stats["colour"][present][None]) ** 2).sum(-1)
+            term = np.exp(-diff2 / (2 * self.appearance**2))
+            scores = scores * np.where(np.isnan(term), 1.0, term)
+        return scores
+
+    def _crop(self, labels: np.ndarray, label: int) -> tuple[np.ndarray, int, int]:
+        rows = np.flatnonzero((labels == label).any(1))
+        cols = np.flatnonzero((labels == label).any(0))
+        top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        return labels[top:bottom, left:right] == label, int(top), int(left)
+
+    def _start(self, labels: np.ndarray, label: int, stats: dict[str, np.ndarray], t: int) -> _Track:
+        crop, top, left = self._crop(labels, label)
+        colour = stats["colour"][label].copy() if "colour" in stats else None
+        tr = _Track(self._next_id, crop, top, left, stats["cy"][label], stats["cx"][label], int(crop.sum()), t,
+                    colour=colour)  # fmt: skip
+        self._next_id += 1
+        self._tracks.append(tr)
+        return tr
+
+    def _observe(self, tr: _Track, labels: np.ndarray, label: int, stats: dict[str, np.ndarray], t: int) -> None:
+        gap = max(1, t - tr.last)
+        cy, cx = float(stats["cy"][label]), float(stats["cx"][label])
+        step_y, step_x = (cy - tr.cy) / gap, (cx - tr.cx) / gap
+        if tr.hits == 1:
+            tr.vy, tr.vx = step_y, step_x
+        else:
+            tr.vy = self.momentum * tr.vy + (1 - self.momentum) * step_y
+            tr.vx = self.momentum * tr.vx + (1 - self.momentum) * step_x
+        if not self.motion:
+            tr.vy = tr.vx = 0.0
+        tr.crop, tr.top, tr.left = self._crop(labels, label)
+        tr.cy, tr.cx, tr.area, tr.last = cy, cx, int(tr.crop.sum()), t
+        tr.hits += 1
+        if "colour" in stats:
+            new = stats["colour"][label]
+            tr.colour = new.copy() if tr.colour is None else 0.7 * tr.colour + 0.3 * new
+
+    def _instances(
+        self, mask: np.ndarray, labels: np.ndarray, objects: list[tuple[int, int]], device: torch.device
+    ) -> Instances:
+        from scipy import ndimage
+
+        count = len(objects)
+        lookup = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.int64)
+        for k, (_, label) in enumerate(objects):
+            lookup[label] = k + 1
+        own = lookup[labels]
+        areas = np.bincount(own.ravel(), minlength=count + 1)[1:]
+        sums = np.bincount(own.ravel(), weights=mask.ravel().astype(np.float64), minlength=count + 1)[1:]
+        boxes = np.zeros((count, 4), dtype=np.int64)
+        for k, found in enumerate(ndimage.find_objects(own, max_label=count)):
+            if found is not None:
+                ys, xs = found
+                boxes[k] = (xs.start, ys.start, xs.stop, ys.stop)
+        members = own[None] == np.arange(1, count + 1).reshape(-1, 1, 1)
+        values = np.where(members, mask[None].astype(np.float32), np.float32(0))
+        return Instances(
+            masks=torch.from_numpy(values).to(device),
+            boxes=torch.from_numpy(boxes).to(device),
+            scores=torch.from_numpy((sums / np.maximum(areas, 1)).astype(np.float32)).to(device),
+            areas=torch.from_numpy(areas.astype(np.int64)).to(device),
+            labels=torch.from_numpy(own).to(device),
+            ids=torch.tensor([i for i, _ in objects], dtype=torch.int64, device=device),
+        )
+
+
+def track(
+    masks: Any,
+    images: Any = None,
+    threshold: float = 0.5,
+    min_area: int = 0,
+    **options: Any,
+) -> list[Instances]:
+    """Objects with persistent ids over a video's masks (one prompt).
+
+    Args:
+        masks: ``[T, H, W]`` float in [0, 1] (uint8 read as /255, bool as 0/1), the frames in order.
+        images: optional ``[T, H, W, C]`` frames (float in [0, 1] or uint8): their colours help find an object
+            again after an occlusion.
+        threshold: object pixels are ``mask > threshold``; in [0, 1).
+        min_area: objects with fewer pixels are ignored (and those under ``min_fraction`` of the frame,
+            0.1 % by default).
+        options: the other :class:`Tracker` settings (``window``, ``claim``, ``merge_ratio``, ...).
+
+    Returns:
+        T :class:`~textmask.components.Instances`, objects in id order; ``ids`` ``[K]`` int64 (from 1) name the
+        same object in every frame it is in. An empty video gives ``[]``.
+
+    Raises:
+        InputError: ``masks`` is not ``[T, H, W]``, or ``images`` do not match it.
+    """
+    return Tracker(threshold=threshold, min_area=min_area, **options).update(masks, images)
+
+
+def track_ids(found: list[Instances]) -> list[int]:
+    """Every id in ``found`` (a :func:`track` result), sorted."""
+    return sorted({int(i) for item in found for i in item.ids.tolist()})
+
+
+def track_masks(found: list[Instances], ids: list[int] | None = None) -> torch.Tensor:
+    """Per-track mask videos: ``[N, T, H, W]`` float32 (N = ``len(ids)``, by default every id in order), each
+    object's mask in the frames it is in and 0 elsewhere."""
+    if not found:
+        return torch.zeros((0, 0, 0, 0))
+    ids = track_ids(found) if ids is None else list(ids)
+    height, width = found[0].size
+    device = found[0].masks.device
+    out = torch.zeros((len(ids), len(found), height, width), dtype=torch.float32, device=device)
+    where = {track_id: n for n, track_id in enumerate(ids)}
+    for t, item in enumerate(found):
+        for k, track_id in enumerate(item.ids.tolist()):
+            if track_id in where:
+                out[where[track_id], t] = item.masks[k]
+    return out
+
+
+def describe_tracks(found: list[Instances], first_frame: int = 0) -> list[dict[str, Any]]:
+    """Per frame, the objects as JSON-ready dicts: ``{"frame", "objects": [{"id", "box": [x0, y0, x1, y1],
+    "score", "area"}, ...]}`` (boxes in pixels, ``x1``/``y1`` exclusive)."""
+    frames = []
+    for t, item in enumerate(found, start=first_frame):
+        objects = [
+            {"id": int(i), "box": [int(v) for v in box], "score": round(float(score), 6), "area": int(area)}
+            for i, box, score, area in zip(item.ids.tolist(), item.boxes.tolist(), item.scores.tolist(),
+                                           item.areas.tolist())
+        ]  # fmt: skip
+        frames.append({"frame": t, "objects": objects})
+    return frames
