@@ -581,6 +581,10 @@ def print_report(report: dict[str, Any]) -> None:
     if table:
         print("\nOpenVINO beside torch (s/image, batch as above; agreement with float32 masks):")
         print("\n".join(table))
+    table = agreement_table(report)
+    if table:
+        print()
+        print("\n".join(table))
     soak = report.get("memory_soak")
     if soak:
         if "error" in soak:
@@ -697,6 +701,9 @@ def markdown_report(report: dict[str, Any]) -> str:
     table = openvino_table(report)
     if table:
         lines += ["", *table]
+    table = agreement_table(report)
+    if table:
+        lines += ["", *table, ""]
     soak = report.get("memory_soak")
     if soak and "within_budget" in soak:
         lines.append(
@@ -786,6 +793,20 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
             soak["within_budget"],
             f"{fmt_bytes(soak['peak_above_start_bytes'])} ≤ {fmt_bytes(soak['budget_bytes'])}",
         )
+    agreement = report.get("precision_agreement")
+    if agreement and len(agreement["models"]) > 1:
+        plain_name, stand_in_name = agreement["models"][:2]
+        for label, by_model in agreement["rows"].items():
+            plain, stand_in = by_model.get(plain_name, {}), by_model.get(stand_in_name, {})
+            if "relative_logit_rms" not in plain or "relative_logit_rms" not in stand_in:
+                continue
+            ratio = stand_in["relative_logit_rms"] / plain["relative_logit_rms"]
+            add(
+                f"{label} on {stand_in_name}: relative logit RMS ≤ 1.5× {plain_name}'s, IoU at logit 0 ≥ 0.985",
+                ratio <= 1.5 and stand_in["iou_at_logit_0"] >= 0.985,
+                f"{stand_in['relative_logit_rms']:.4f} vs {plain['relative_logit_rms']:.4f} ({ratio:.2f}×), "
+                f"IoU {stand_in['iou_at_logit_0']:.4f}",
+            )
     return targets
 
 
@@ -817,6 +838,84 @@ def load_openvino_sessions(model: str, sessions: dict[str, Any]) -> dict[str, An
     return loads
 
 
+def precision_agreement(model: str, device: str, with_openvino: bool) -> dict[str, Any]:
+    """Every reduced precision's agreement with float32 (:func:`textmask.precision.measure`: relative logit RMS and
+    IoU at logit 0 on the held-out calibration scenes), on the model and, for a random model, on its stand-in for
+    trained weights (``<model>-outliers``), side by side; and what ``dtype="fast"`` runs on each after its check."""
+    import textmask
+    from textmask import openvino_backend as ovb
+    from textmask import precision
+    from textmask.engine import Segmenter
+    from textmask.errors import TextmaskError
+    from textmask.model import load_model
+
+    models = [model, *([f"{model}-outliers"] if model in ("random-tiny", "random-full") else [])]
+    candidates = {"torch fast (int8)": ("fast", "torch"), "torch bfloat16": ("bfloat16", "torch")}
+    if with_openvino and ovb.openvino_installed():
+        if ovb.cpu_supports_bf16():
+            candidates["openvino bfloat16"] = ("bfloat16", "openvino")
+        candidates["openvino int8"] = ("int8", "openvino")
+    rows: dict[str, dict[str, Any]] = {}
+    fast: dict[str, str] = {}
+    for name in models:
+        print(f"agreement with float32 on the calibration scenes: {name} ...", flush=True)
+        reuse = name == model  # the stand-in's sessions are freed after use
+
+        def session_of(dtype: str, backend: str, name: str = name, reuse: bool = reuse) -> Any:
+            if reuse:
+                return textmask.load(name, device=device, dtype=dtype, backend=backend, check_precision=False)
+            return Segmenter(load_model(name, device=device, dtype=dtype, backend=backend, reuse=False))
+
+        reference = session_of("float32", "torch")
+        for label, (dtype, backend) in candidates.items():
+            try:
+                agreement = precision.measure(session_of(dtype, backend), reference)
+            except (TextmaskError, ValueError) as exc:
+                rows.setdefault(label, {})[name] = {"error": str(exc)}
+                continue
+            rows.setdefault(label, {})[name] = {
+                "relative_logit_rms": agreement.relative_rms,
+                "iou_at_logit_0": agreement.iou,
+                "holds": agreement.holds(),
+            }
+            print(f"  {label}: {agreement}", flush=True)
+        chosen = textmask.load(name, device=device, dtype="fast") if reuse else None
+        fast[name] = chosen.precision_name if chosen is not None else "-"
+        del reference
+    return {"models": models, "rows": rows, "fast_runs": fast, "bound": precision.RELATIVE_RMS_BOUND}
+
+
+def agreement_table(report: dict[str, Any]) -> list[str]:
+    """The agreement of every reduced precision, plain model and stand-in side by side, as Markdown."""
+    entry = report.get("precision_agreement")
+    if not entry:
+        return []
+    models = entry["models"]
+    head = " | ".join(models) + (" | stand-in / plain" if len(models) > 1 else "")
+    lines = [
+        "Agreement with float32 on the calibration scenes (relative logit RMS, IoU at logit 0; textmask.precision):",
+        "",
+        f"| precision | {head} |",
+        "| --- | " + " | ".join("---:" for _ in range(len(models) + (len(models) > 1))) + " |",
+    ]
+    for label, by_model in entry["rows"].items():
+        cells = []
+        for name in models:
+            value = by_model.get(name, {})
+            cells.append(
+                f"{value['relative_logit_rms']:.4f} (IoU {value['iou_at_logit_0']:.4f})"
+                if "relative_logit_rms" in value
+                else "error"
+            )
+        if len(models) > 1:
+            plain, stand_in = (by_model.get(name, {}).get("relative_logit_rms") for name in models[:2])
+            cells.append(f"{stand_in / plain:.2f}×" if plain and stand_in is not None else "-")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    fast = ", ".join(f"{name}: {runs}" for name, runs in entry["fast_runs"].items() if runs != "-")
+    lines += ["", f'`dtype="fast"` runs (after its check): {fast}.']
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer images and cases (< 2 minutes)")
@@ -833,6 +932,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--soak-dtype", default="float32", help="dtype of the memory run (default float32)")
     parser.add_argument("--no-bfloat16", action="store_true", help="skip the bfloat16 row (tried alternative)")
     parser.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO rows (CPU, openvino installed)")
+    parser.add_argument(
+        "--no-agreement",
+        action="store_true",
+        help="skip the agreement table (plain model and stand-in, every precision)",
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results", help="folder for the JSON")
     parser.add_argument("--render", type=Path, help="print a saved results JSON as text and Markdown, then exit")
@@ -922,6 +1026,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.soak_images:
         print(f"memory: {args.soak_images} images of 1024² in a fresh process ...", flush=True)
         report["memory_soak"] = memory_soak(args.model, args.device, args.soak_images, 1024, args.soak_dtype)
+    if not args.no_agreement:
+        report["precision_agreement"] = precision_agreement(
+            args.model, args.device, device.type == "cpu" and not args.no_openvino
+        )
     report["targets"] = evaluate_targets(report)
     report["wall_seconds"] = time.perf_counter() - started
     if hasattr(os, "getloadavg"):

@@ -7,8 +7,19 @@ import os
 from pathlib import Path
 
 DEFAULT_MODEL = "CIDAS/clipseg-rd64-refined"
-RANDOM_SOURCES = ("random-tiny", "random-full")
+# random-tiny / random-full: random weights. The -outliers stand-ins are the same functions with trained-ViT-like
+# activation statistics (per-channel post-LayerNorm ranges, outlier dimensions); -int8-breaker ones are built to
+# break int8 (textmask.testmodels.add_outlier_channels).
+RANDOM_SOURCES = (
+    "random-tiny",
+    "random-full",
+    "random-tiny-outliers",
+    "random-full-outliers",
+    "random-tiny-int8-breaker",
+    "random-full-int8-breaker",
+)
 RANDOM_MODEL_VERSION = 4  # bump when the random models' weights change; their cache folders are ``<source>-v<N>``
+STAND_IN_VERSION = 1  # bump when the stand-ins' transform changes; their folders are ``<source>-v<N>.<M>``
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

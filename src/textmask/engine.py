@@ -251,13 +251,21 @@ class Segmenter:
         self._run_decoder_layer = _decoder_layer
         self.backend: str = getattr(loaded, "backend", "torch")
         self._openvino: Any = None  # backend="openvino": the compiled vision graph (textmask.openvino_backend)
+        self.precision_check: Any = None  # textmask.precision.PrecisionCheck: how this precision agrees with float32
+        self._position_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self._pixel_table = self._level_to_pixel_table().to(self.device)
         if getattr(loaded, "fast", False):  # rearranged (and maybe int8) copies; the model stays as it is
             from .fast import fast_vision_layers
 
-            self._vision_layers = fast_vision_layers(self._vision_layers, self.dtype, self.device, loaded.quantize)
+            plans = None
+            if loaded.quantize == "int8":  # smoothing and float-kept layers, calibrated once per model (cached)
+                from .precision import int8_plans
+
+                plans = int8_plans(self)
+            self._vision_layers = fast_vision_layers(
+                self._vision_layers, self.dtype, self.device, loaded.quantize, plans
+            )
             self._run_layer = _call_module
-        self._position_cache: dict[tuple[int, int], torch.Tensor] = {}
-        self._pixel_table = self._level_to_pixel_table().to(self.device)
         self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._example_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         # Padding colour for cropped examples: the 8-bit level whose normalized value is nearest 0 (the mean).
@@ -1132,6 +1140,7 @@ def load(
     download: bool = True,
     backend: str | None = "auto",
     calibration: Any = None,
+    check_precision: bool | None = None,
 ) -> Segmenter:
     """Load (once per process) a CLIPSeg model as a :class:`Segmenter`.
 
@@ -1151,6 +1160,11 @@ def load(
         calibration: ``dtype="int8"``: images to calibrate the quantization on (anything :meth:`Segmenter.mask`
             takes; a few dozen typical ones), instead of textmask's built-in set. Quantizing needs ``pip install
             'textmask[openvino-quantize]'`` once; the int8 model is cached.
+        check_precision: a reduced precision (anything but float32) is compared with float32 on built-in scenes
+            the first time it runs for a model (seconds; the result is cached); when it disagrees beyond the bound,
+            the next precision runs instead, with a :class:`~textmask.precision.PrecisionFallbackWarning`
+            (:mod:`textmask.precision`). None (default): on unless ``TEXTMASK_PRECISION_CHECK=0``; False: off.
+            The outcome is ``session.precision_check``.
     """
     loaded = load_model(
         model,
@@ -1165,7 +1179,43 @@ def load(
     session = _SESSIONS.get(id(loaded))
     if session is None or session.loaded is not loaded:
         session = _SESSIONS[id(loaded)] = Segmenter(loaded)
-    return session
+
+    def again(dtype: str, backend: str) -> Segmenter:
+        return load(model, device, dtype, cache_dir, allow_pickle, download, backend, check_precision=False)
+
+    def reference() -> Segmenter:  # a throwaway float32 session: not kept in the process cache
+        kwargs = {"cache_dir": cache_dir, "allow_pickle": allow_pickle, "reuse": False, "backend": "torch"}
+        return Segmenter(load_model(model, device=loaded.device, dtype="float32", **kwargs))
+
+    return checked_session(session, again, reference, check_precision)
+
+
+_CHECK_LOCK = threading.RLock()
+
+
+def checked_session(
+    session: Segmenter,
+    load_again: Callable[[str, str], Segmenter],
+    reference: Callable[[], Segmenter],
+    option: bool | None = None,
+) -> Segmenter:
+    """The session that runs for ``session``'s request: ``session`` itself when its precision holds for its model
+    (or is float32, or the check is off), else a fallback (:func:`textmask.precision.ensure_holds`), found once.
+
+    Args:
+        load_again: ``(dtype, backend)`` → an unchecked session of the same model in that precision.
+        reference: → a float32 session of the same model, made only when a check has to be measured.
+        option: ``check_precision`` (None: ``$TEXTMASK_PRECISION_CHECK``, on by default).
+    """
+    from . import precision
+
+    if not (precision.enabled(option) and precision.needs_check(session)):
+        return session
+    with _CHECK_LOCK:
+        runs = getattr(session, "_runs_instead", None)
+        if runs is None:
+            runs = session._runs_instead = precision.ensure_holds(session, load_again, reference)
+    return runs
 
 
 def verify_model(folder: str | Path) -> str:
@@ -1245,6 +1295,14 @@ def session_from_hf(
         _HF_SESSIONS.move_to_end(key)
         return cached[2]
     session = Segmenter(adopt_model(processor, model, device=device, dtype=dtype, backend=backend))
+
+    def again(other: str, other_backend: str) -> Segmenter:
+        return Segmenter(adopt_model(processor, model, device=session.device, dtype=other, backend=other_backend))
+
+    def reference() -> Segmenter:
+        return Segmenter(adopt_model(processor, model, device=session.device, dtype=torch.float32, backend="torch"))
+
+    session = checked_session(session, again, reference)
     _HF_SESSIONS[key] = (model, processor, session)
     while len(_HF_SESSIONS) > _HF_SESSIONS_MAX:
         _HF_SESSIONS.popitem(last=False)

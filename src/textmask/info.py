@@ -184,4 +184,12 @@ def environment(cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
             "offline": _hub_offline(),
         },
         "models": find_models(cache_dir),
+        "precision_checks": _precision_checks(),
     }
+
+
+def _precision_checks() -> list[dict[str, Any]]:
+    """The reduced precisions checked against float32 on this machine (textmask.precision's cache), newest first."""
+    from .precision import cached_checks
+
+    return cached_checks()

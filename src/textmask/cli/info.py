@@ -49,3 +49,14 @@ def info_command(cache_dir: str | None, as_json: bool) -> None:
             echo(f"  {found['source']}  {found['size_mb']} MB  {found['path']}{note}{pickle}")
     else:
         echo("models present: none (run `textmask download`, or use --model random-tiny to try textmask offline)")
+    checks = env.get("precision_checks") or []
+    if checks:
+        echo("reduced precisions checked against float32 on this machine (relative logit RMS, IoU at logit 0):")
+        for check in checks:
+            verdict = "holds" if check["holds"] else "does not hold: the next precision runs"
+            echo(
+                f"  {check['model']} {check['precision']}: {check['relative_logit_rms']:.4f}, "
+                f"{check['iou_at_logit_0']:.4f} ({verdict})"
+            )
+    else:
+        echo("reduced precisions checked: none yet (each is checked against float32 the first time it runs)")

@@ -295,22 +295,51 @@ def seed_pixel_backend() -> str:
     return "torchvision" if major >= 5 and importlib.util.find_spec("torchvision") is not None else "pil"
 
 
-def _own_session(folder: Path, device: torch.device, dtype: torch.dtype | str, runtime: str = "torch") -> Segmenter:
+def _own_session(
+    folder: Path, device: torch.device, dtype: torch.dtype | str, runtime: str = "torch", check: bool = True
+) -> Segmenter:
     """textmask's session for a model folder, its pixels prepared as this environment's processor would.
 
-    ``runtime``: ``"torch"``, or ``"openvino"`` (CPU; ``dtype`` is then an OpenVINO precision)."""
+    ``runtime``: ``"torch"``, or ``"openvino"`` (CPU; ``dtype`` is then an OpenVINO precision). A reduced precision
+    is checked against float32 once per model (``check``; :func:`textmask.engine.checked_session`): when it does not
+    hold, the next precision runs, with a warning; the precision that runs is logged."""
     from dataclasses import replace
+
+    from ..engine import checked_session
+    from ..precision import describe
 
     backend = seed_pixel_backend()
     key = (str(folder), str(device), str(dtype), backend, runtime)
+
+    def with_pixels(loaded: Any) -> Any:
+        if backend != loaded.preprocess.backend:
+            return replace(loaded, preprocess=replace(loaded.preprocess, backend=backend))
+        return loaded
+
     with _LOCK:
         session = _SESSIONS.get(key)
         if session is None:
-            loaded = load_model(str(folder), device=device, dtype=dtype, backend=runtime)
-            if backend != loaded.preprocess.backend:
-                loaded = replace(loaded, preprocess=replace(loaded.preprocess, backend=backend))
-            session = _SESSIONS[key] = Segmenter(loaded)
-    return session
+            session = _SESSIONS[key] = Segmenter(
+                with_pixels(load_model(str(folder), device=device, dtype=dtype, backend=runtime))
+            )
+    if not check:
+        return session
+
+    def again(other: str, other_runtime: str) -> Segmenter:
+        return _own_session(folder, device, other, other_runtime, check=False)
+
+    def reference() -> Segmenter:
+        return Segmenter(with_pixels(load_model(str(folder), device=device, dtype="float32", reuse=False)))
+
+    runs = checked_session(session, again, reference)
+    with _LOCK:
+        if key not in _LOGGED:
+            _LOGGED.add(key)
+            log.info("textmask: CLIPSeg %s on %s runs %s", folder.name, runs.device, describe(runs))
+    return runs
+
+
+_LOGGED: set[tuple[str, ...]] = set()
 
 
 def _holder_class() -> type[torch.nn.Module]:

@@ -212,6 +212,12 @@ class Service:
             return {"device": self.config.device, "dtype": self.config.dtype}
         return {"device": str(session.device), "dtype": session.precision_name}
 
+    def precision_check(self) -> dict[str, Any] | None:
+        """How the running precision agreed with float32 on the built-in scenes (textmask.precision), or None:
+        float32, not loaded yet, or the check turned off."""
+        check = getattr(self.session, "precision_check", None)
+        return None if check is None else check.to_dict()
+
     # ------------------------------------------------------------------------------- admission
     def unavailable(self) -> ApiError | None:
         """Why mask requests cannot be served now (loading, failed, stopping), or None."""
@@ -578,6 +584,7 @@ def _add_routes(app: FastAPI, service: Service) -> None:
             "version": __version__,
             "model": config.model,
             **service.device_info(),
+            "precision_check": service.precision_check(),
             "ready": service.ready.is_set() and not service.draining,
             "random_weights": service.random_weights,
             "auth": bool(config.api_key),
