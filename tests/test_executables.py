@@ -102,6 +102,9 @@ README_MASK_COMMANDS = {
     "example-image-prompt": ["shelf.jpg", "-p", "image:refs/mug.jpg"],
     "refine-detail": ["photos/", "-p", "a dog", "--refine", "--detail", "auto"],
     "instances": ["photos/", "-p", "a dog", "--instances", "--min-area", "64"],
+    "matte-cutout": ["photos/", "-p", "the person", "--matte", "-k", "cutout"],
+    "video-tracks": ["clip.mp4", "-p", "a car", "--instances"],
+    "video-stabilize": ["clip.mp4", "-p", "a car", "--stabilize", "0.8"],
 }
 
 
@@ -112,8 +115,12 @@ def test_readme_mask_commands_exit_after_writing(case: str, workspace: Path) -> 
     files = assert_exits_after_its_files(done, exited, out)
     if case == "video-cutout-smooth":
         assert [path.name for path in files] == ["clip.the-person.cutout.webm"]
-    if case == "instances":
+    if case in ("instances", "video-tracks"):
         assert any(path.suffix == ".json" for path in files)
+    if case == "matte-cutout":
+        assert sorted(path.name for path in files) == ["a.the-person.cutout.png", "b.the-person.cutout.png"]
+    if case == "video-stabilize":
+        assert [path.name for path in files] == ["clip.a-car.mp4"]
 
 
 def test_quickstart_command_on_the_builtin_example(tmp_path: Path) -> None:
