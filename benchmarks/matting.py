@@ -323,15 +323,7 @@ def time_against_mask(levels: torch.Tensor, coarse: torch.Tensor, repeats: int) 
         "textmask.refine": lambda: textmask.refine(images, coarse),
         "textmask.matte": lambda: textmask.matte(images, coarse),
     }
-    for run in rows.values():
-        run()
-    best = dict.fromkeys(rows, float("inf"))
-    for _ in range(repeats):
-        for name, run in rows.items():
-            start = time.perf_counter()
-            run()
-            best[name] = min(best[name], (time.perf_counter() - start) / count)
-    return best
+    return quality.best_seconds(rows, repeats, count)
 
 
 _MEMORY_CHILD = r"""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -432,8 +433,6 @@ def print_table(table: dict[str, Any]) -> None:
 def time_against_mask(levels: torch.Tensor, coarse: torch.Tensor, repeats: int) -> dict[str, float]:
     """Seconds per image of refine (engine entry and public ``refine``) and of a float32 single-prompt
     ``session.mask`` on ``random-full``, same 1024² images, round-robin, best repeat kept."""
-    import time
-
     import textmask
     from textmask.edges import refine, refine_levels
 
@@ -445,6 +444,12 @@ def time_against_mask(levels: torch.Tensor, coarse: torch.Tensor, repeats: int) 
         "refine_levels (engine entry)": lambda: refine_levels(levels, coarse),
         "refine (public, float images)": lambda: refine(images, coarse),
     }
+    return best_seconds(rows, repeats, count)
+
+
+def best_seconds(rows: dict[str, Any], repeats: int, count: int) -> dict[str, float]:
+    """Each row's best time per item over ``repeats`` rounds, the rows interleaved in every round (so that the
+    machine's load falls on all of them alike) after one warm-up call each; ``count`` items per call."""
     for run in rows.values():  # warm-up
         run()
     best = dict.fromkeys(rows, float("inf"))

@@ -346,8 +346,6 @@ def track_methods(video: Video, masks: torch.Tensor, smallest: int) -> dict[str,
 def time_per_frame(size: int, frames: int, repeats: int) -> dict[str, float]:
     """Seconds per frame at ``size``², best of ``repeats``: session.mask (random-full, float32, one prompt, one
     frame per call), stabilize (flow included) and track, on one synthetic video's frames, round-robin."""
-    import time
-
     import textmask
     from textmask import Stabilizer, Tracker
 
@@ -372,15 +370,7 @@ def time_per_frame(size: int, frames: int, repeats: int) -> dict[str, float]:
 
     rows = {"session.mask (random-full, float32, 1 prompt)": masks, "stabilize (DIS flow + warp)": stab,
             "track": trk}  # fmt: skip
-    for run in rows.values():
-        run()
-    best = dict.fromkeys(rows, float("inf"))
-    for _ in range(repeats):
-        for name, run in rows.items():
-            start = time.perf_counter()
-            run()
-            best[name] = min(best[name], (time.perf_counter() - start) / frames)
-    return best
+    return _quality().best_seconds(rows, repeats, frames)
 
 
 # ---------------------------------------------------------------------------------------- pictures
