@@ -267,7 +267,9 @@ def test_a_one_level_change_fails_the_golden_check(
 
     real = postprocess.render
     monkeypatch.setattr(
-        postprocess, "render", lambda kind, images, masks, *rest: real(kind, images, masks + 1 / 255, *rest)
+        postprocess,
+        "render",
+        lambda kind, images, masks, *rest, **options: real(kind, images, masks + 1 / 255, *rest, **options),
     )
     out = tmp_path / "out"
     case = "cli-union-negative-options"
