@@ -271,6 +271,25 @@ def _check_layout(values: torch.Tensor, name: str) -> None:
         raise InputError(f"{name}: unsupported dtype {values.dtype}; use float in [0, 1], uint8, uint16 or bool")
 
 
+def frames_to_levels(frames: Any, name: str = "images") -> torch.Tensor:
+    """A video's frames as 8-bit RGB levels, with errors that name ``name``.
+
+    Args:
+        frames: ``[T, H, W, C]`` tensor or array (C = 1, 2, 3 or 4; float read as [0, 1], uint8, uint16 or bool).
+
+    Returns:
+        ``[T, 3, H, W]`` uint8 on the frames' device.
+    """
+    if not isinstance(frames, torch.Tensor):
+        try:
+            frames = torch.as_tensor(np.asarray(frames))
+        except (TypeError, ValueError):
+            raise InputError(f"{name}: expected a [T, H, W, C] tensor or array, got {type(frames).__name__}") from None
+    if frames.dim() != 4:
+        raise InputError(f"{name}: expected [T, H, W, C] frames, got shape {list(frames.shape)}")
+    return channels_last_to_levels(frames, name)
+
+
 def channels_last_to_levels(values: torch.Tensor, name: str = "images", first_index: int | None = None) -> torch.Tensor:
     """Convert a channels-last batch to 8-bit RGB levels.
 

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import BackendUnavailable, InputError
+from .images import frames_to_levels
 
 __all__ = ["DEFAULT_STRENGTH", "Stabilizer", "check_strength", "stabilize"]
 
@@ -57,20 +58,6 @@ def check_strength(strength: float) -> float:
     if not 0.0 <= strength < 1.0:
         raise ValueError(f"stabilize strength: must be in [0, 1), got {strength}")
     return strength
-
-
-def _levels(images: Any, name: str = "images") -> torch.Tensor:
-    """``[T, H, W, C]`` frames (float in [0, 1], uint8, ...) → ``[T, 3, H, W]`` uint8, with clear errors."""
-    from .images import channels_last_to_levels
-
-    if not isinstance(images, torch.Tensor):
-        try:
-            images = torch.as_tensor(np.asarray(images))
-        except (TypeError, ValueError):
-            raise InputError(f"{name}: expected a [T, H, W, C] tensor or array, got {type(images).__name__}") from None
-    if images.dim() != 4:
-        raise InputError(f"{name}: expected [T, H, W, C] frames, got shape {list(images.shape)}")
-    return channels_last_to_levels(images, name)
 
 
 class Stabilizer:
@@ -124,7 +111,7 @@ class Stabilizer:
         Returns:
             the stabilized masks, ``masks``' shape, float32, on its device.
         """
-        return self.step_levels(_levels(images), masks)
+        return self.step_levels(frames_to_levels(images), masks)
 
     def reset(self) -> None:
         """Forget the past: the next frame starts a new video."""

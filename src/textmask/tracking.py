@@ -89,20 +89,14 @@ def _as_masks(masks: Any, name: str = "masks") -> torch.Tensor:
 def as_frames(images: Any, count: int, size: tuple[int, int], name: str = "images") -> torch.Tensor:
     """``images`` ``[T, H, W, C]`` (float in [0, 1], uint8; C = 1, 3 or 4) checked against the masks' frame count
     and size → ``[T, H, W, 3]`` uint8 on the CPU."""
-    from .images import channels_last_to_levels
+    from .images import frames_to_levels
 
-    if not isinstance(images, torch.Tensor):
-        try:
-            images = torch.as_tensor(np.asarray(images))
-        except (TypeError, ValueError):
-            raise InputError(f"{name}: expected a [T, H, W, C] tensor or array, got {type(images).__name__}") from None
-    if images.dim() != 4:
-        raise InputError(f"{name}: expected [T, H, W, C] frames, got shape {list(images.shape)}")
-    if images.shape[0] != count:
-        raise InputError(f"{name}: {images.shape[0]} frames for {count} masks; give one image per mask")
-    if tuple(images.shape[1:3]) != tuple(size):
-        raise InputError(f"{name}: frames of {list(images.shape[1:3])} for masks of {list(size)}; sizes must match")
-    return channels_last_to_levels(images.cpu(), name).permute(0, 2, 3, 1).contiguous()
+    levels = frames_to_levels(images, name)
+    if levels.shape[0] != count:
+        raise InputError(f"{name}: {levels.shape[0]} frames for {count} masks; give one image per mask")
+    if tuple(levels.shape[2:]) != tuple(size):
+        raise InputError(f"{name}: frames of {list(levels.shape[2:])} for masks of {list(size)}; sizes must match")
+    return levels.cpu().permute(0, 2, 3, 1).contiguous()
 
 
 def _shifted(track: _Track, gap: int, height: int, width: int) -> tuple[np.ndarray, int, int]:
