@@ -498,6 +498,20 @@ def _mask_with_previews(
     return masks, runtime.mask_to_image(masks), preview
 
 
+# The Refine Mask and Matte nodes' input: how coarse the mask they are given is.
+_COARSENESS = (
+    "INT",
+    {
+        "default": 22,
+        "min": 4,
+        "max": 512,
+        "step": 1,
+        "tooltip": "How coarse the input mask is, in cells per image side: 22 for CLIPSeg, "
+        "about 64 for SAM, more for a mask that is nearly right",
+    },
+)
+
+
 class TextmaskRefineMask:
     """Refine any mask (CLIPSeg's, SAM's, another node's, a painted one) on the image's own edges.
 
@@ -523,17 +537,7 @@ class TextmaskRefineMask:
                         "tooltip": "Width of the refined edge ramp: larger keeps more soft values, smaller is crisper",
                     },
                 ),
-                "coarseness": (
-                    "INT",
-                    {
-                        "default": 22,
-                        "min": 4,
-                        "max": 512,
-                        "step": 1,
-                        "tooltip": "How coarse the input mask is, in cells per image side: 22 for CLIPSeg, "
-                        "about 64 for SAM, more for a mask that is nearly right",
-                    },
-                ),
+                "coarseness": _COARSENESS,
             },
         }
 
@@ -575,17 +579,7 @@ class TextmaskMatte:
                         "tooltip": "The composite's background colour: a name (white), #RRGGBB or R,G,B",
                     },
                 ),
-                "coarseness": (
-                    "INT",
-                    {
-                        "default": 22,
-                        "min": 4,
-                        "max": 512,
-                        "step": 1,
-                        "tooltip": "How coarse the input mask is, in cells per image side: 22 for CLIPSeg, "
-                        "about 64 for SAM, more for a mask that is nearly right",
-                    },
-                ),
+                "coarseness": _COARSENESS,
             },
         }
 
