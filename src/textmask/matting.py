@@ -9,13 +9,13 @@ as the foreground keeps, in every semi-transparent pixel, the colour of the back
 2. **Colour model in the band.** Where the crisp alpha is fractional, each pixel's colour is projected on the
    line between local foreground and background colours (normalized averages of the sure pixels nearby, at two
    radii): ``alpha = (I − B̂)·(F̂ − B̂) / |F̂ − B̂|²``, trusted in proportion to the contrast ``|F̂ − B̂|²``; a
-   guided filter (He et al.; radius 8 px per 1024) then gives it the image's local linear colour model. Strands
+   guided filter (He et al.; radius 12 px per 1024) then gives it the image's local linear colour model. Strands
    of hair 1-3 px wide get fractional coverage here (the Bayesian / closed-form matting idea, locally).
 3. **How soft is the edge?** Along the coarse mask's normal, the image's slope across the border (a Gaussian
    derivative, projected on the local foreground-minus-background colour) divided by the colour contrast
    across it gives the edge's blur (for a blurred step, ``slope = contrast / (√(2π) σ)``). It is averaged (in
    log) over large regions of the border (an eighth of the image), so texture averages out. Where the edge is
-   wider than about 1.4 % of the image (defocus, strong motion blur) the alpha leans towards the coarse mask's
+   wider than about 1.65 % of the image (defocus, strong motion blur) the alpha leans towards the coarse mask's
    own smooth profile; where the border is crowded with edges (hair: its total variation is several times a
    single edge's) the crisp, colour-modelled alpha is kept whatever the slope says.
 4. **Foreground colours** by blur fusion (Forte & Pitié 2021, "Approximate fast foreground colour estimation"):
@@ -45,8 +45,8 @@ __all__ = ["Matte", "foreground", "matte", "matte_levels"]
 _WORK = 512  # working resolution: pixels on the longer side
 _CHUNK_PIXELS = 2 * 1024 * 1024  # images per chunk: about this many pixels (bounded memory)
 _SURE = 0.02  # crisp alpha above 1 − this (below this) is sure foreground (background) for the colour model
-_CONTRAST = 0.05  # squared colour contrast |F − B|² at which the colour model is trusted half
-_BLUR_FROM, _BLUR_SPAN = 0.0175, 0.008  # edge blur (σ / longer side) from which alpha leans towards the coarse
+_CONTRAST = 0.02  # squared colour contrast |F − B|² at which the colour model is trusted half
+_BLUR_FROM, _BLUR_SPAN = 0.0165, 0.008  # edge blur (σ / longer side) from which alpha leans towards the coarse
 _BUSY = 4.0  # border total variation, in single edges per window, from which a region is hair-like
 _FUSION = (0.044, 0.003)  # blur-fusion box radii (fraction of the longer side): wide pass, narrow pass
 
@@ -106,6 +106,23 @@ def _levels_stretch(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------------------ alpha
+_OWN_WIDTH = 2.15  # px: what a perfectly sharp step reads as (the derivative's own Gaussian, pooling, differences)
+
+
+def _edge_width(ratio: torch.Tensor, reach: float) -> torch.Tensor:
+    """The Gaussian width ``σ`` (px) of a blurred step whose slope over contrast is ``ratio`` (1/px), the contrast
+    being read ``reach`` px to either side: ``ratio = 1 / (√(2π) σ erf(reach / (√2 σ)))`` (a wide blur's contrast
+    is not all inside the reach), solved by interpolation in a table (σ up to 4 × reach)."""
+    widths = torch.logspace(-1, math.log10(4 * reach), 256, dtype=ratio.dtype, device=ratio.device)
+    ratios = 1.0 / (math.sqrt(2 * math.pi) * widths * torch.erf(reach / (math.sqrt(2) * widths)))  # decreasing
+    flipped_r, flipped_w = ratios.flip(0), widths.flip(0)  # increasing ratio
+    index = torch.searchsorted(flipped_r, ratio.clamp(flipped_r[0], flipped_r[-1]).contiguous()).clamp(1, 255)
+    r0, r1 = flipped_r[index - 1], flipped_r[index]
+    w0, w1 = flipped_w[index - 1], flipped_w[index]
+    t = ((ratio - r0) / (r1 - r0).clamp(min=1e-12)).clamp(0, 1)
+    return torch.lerp(w0, w1, t)
+
+
 def _soft_weight(guide: torch.Tensor, crisp: torch.Tensor, coverage: torch.Tensor, busy: torch.Tensor) -> torch.Tensor:
     """How far each working pixel should lean towards the coarse profile, ``[N, 1, h, w]`` in [0, 1]: the
     edge's blur (σ per longer side) estimated from the image's slope across the border, averaged in log over
@@ -128,8 +145,8 @@ def _soft_weight(guide: torch.Tensor, crisp: torch.Tensor, coverage: torch.Tenso
     contrast = sums[:, :3].norm(dim=1, keepdim=True)
     along = (sums[:, 3:] * sums[:, :3]).sum(1, keepdim=True) / contrast.clamp(min=1e-6)
     ratio = (along / contrast.clamp(min=1e-6)).clamp(min=1e-3)
-    total = 1.0 / (math.sqrt(2 * math.pi) * ratio)
-    sigma = (total * total - 1.0).clamp(min=0).sqrt() / longer  # blur of the edge, per longer side
+    total = _edge_width(ratio, reach)
+    sigma = (total * total - _OWN_WIDTH**2).clamp(min=0).sqrt() / longer  # blur of the edge, per longer side
     region = max(2, round(0.12 * longer))
     edge = ((crisp > 0.05) & (crisp < 0.95)).to(guide.dtype)
     edge = F.max_pool2d(edge, 5, stride=1, padding=2)
@@ -172,10 +189,10 @@ def _alpha_chunk(levels: torch.Tensor, masks: torch.Tensor, grid: tuple[int, int
     modelled = torch.lerp(crisp, projected, trust)
     del projected, trust, contrast
     # The image's local linear colour model (guided filter, coefficients at half resolution).
-    gr = max(1, round(8 * longer / 1024 / factor))
+    gr = max(1, round(12 * longer / 1024 / factor))
     guide_small = F.adaptive_avg_pool2d(image, size) if factor > 1 else image
     target_small = F.adaptive_avg_pool2d(modelled, size) if factor > 1 else modelled
-    stats = _guide_stats(guide_small, gr, gr, 1e-3)
+    stats = _guide_stats(guide_small, gr, gr, 1e-4)
     a, b = _guided_coefficients(guide_small, stats, target_small, gr, gr)
     if factor > 1:
         ab = F.interpolate(torch.cat([a, b], 1), size=(height, width), mode="bilinear", align_corners=False)
