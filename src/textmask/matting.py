@@ -9,7 +9,7 @@ as the foreground keeps, in every semi-transparent pixel, the colour of the back
 2. **Colour model in the band.** Where the crisp alpha is fractional, each pixel's colour is projected on the
    line between local foreground and background colours (normalized averages of the sure pixels nearby, at two
    radii): ``alpha = (I − B̂)·(F̂ − B̂) / |F̂ − B̂|²``, trusted in proportion to the contrast ``|F̂ − B̂|²``; a
-   guided filter (He et al.; radius 12 px per 1024) then gives it the image's local linear colour model. Strands
+   guided filter (He et al.; radius 16 px per 1024) then gives it the image's local linear colour model. Strands
    of hair 1-3 px wide get fractional coverage here (the Bayesian / closed-form matting idea, locally).
 3. **How soft is the edge?** Along the coarse mask's normal, the image's slope across the border (a Gaussian
    derivative, projected on the local foreground-minus-background colour) divided by the colour contrast
@@ -44,7 +44,7 @@ __all__ = ["Matte", "foreground", "matte", "matte_levels"]
 
 _WORK = 512  # working resolution: pixels on the longer side
 _CHUNK_PIXELS = 2 * 1024 * 1024  # images per chunk: about this many pixels (bounded memory)
-_SURE = 0.02  # crisp alpha above 1 − this (below this) is sure foreground (background) for the colour model
+_SURE = 0.08  # crisp alpha above 1 − this (below this) is sure foreground (background) for the colour model
 _CONTRAST = 0.02  # squared colour contrast |F − B|² at which the colour model is trusted half
 _BLUR_FROM, _BLUR_SPAN = 0.0165, 0.008  # edge blur (σ / longer side) from which alpha leans towards the coarse
 _BUSY = 4.0  # border total variation, in single edges per window, from which a region is hair-like
@@ -189,7 +189,7 @@ def _alpha_chunk(levels: torch.Tensor, masks: torch.Tensor, grid: tuple[int, int
     modelled = torch.lerp(crisp, projected, trust)
     del projected, trust, contrast
     # The image's local linear colour model (guided filter, coefficients at half resolution).
-    gr = max(1, round(12 * longer / 1024 / factor))
+    gr = max(1, round(16 * longer / 1024 / factor))
     guide_small = F.adaptive_avg_pool2d(image, size) if factor > 1 else image
     target_small = F.adaptive_avg_pool2d(modelled, size) if factor > 1 else modelled
     stats = _guide_stats(guide_small, gr, gr, 1e-4)
