@@ -117,15 +117,48 @@ def test_stream_chunks_equal_one_piece() -> None:
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(masks.shape[0], *masks.shape[1:], 3, generator=generator)
     whole = track(masks, images)
-    tracker = Tracker()
-    pieces = tracker.update(masks[:7], images[:7]) + tracker.update(masks[7:8], images[7:8])
-    pieces += tracker.update(masks[8:], images[8:])
-    assert tracker.frame == masks.shape[0]
+    tracker = Tracker(retro=5)  # gives frames out 5 late, the rest at finish()
+    pieces = tracker.update(masks[:7], images[:7])
+    assert len(pieces) == 2
+    pieces += tracker.update(masks[7:8], images[7:8]) + tracker.update(masks[8:], images[8:])
+    assert tracker.frame == masks.shape[0] and len(pieces) == masks.shape[0] - 5
+    pieces += tracker.finish()
     assert len(pieces) == len(whole)
+    assert [a.ids.tolist() for a in whole] == [a.ids.tolist() for a in track(masks, images, retro=5)]
     for a, b in zip(whole, pieces):
         assert a.ids.tolist() == b.ids.tolist()
         assert torch.equal(a.boxes, b.boxes) and torch.equal(a.labels, b.labels)
         assert torch.allclose(a.masks, b.masks)
+
+
+def _parting(frames: int = 30, height: int = 80, width: int = 160) -> torch.Tensor:
+    """Two discs touching (one blob) from the first frame until they part at about frame 12."""
+    masks = torch.zeros(frames, height, width)
+    for t in range(frames):
+        a = _disc(height, width, 40, 60 - 1.5 * t, 13)
+        b = _disc(height, width, 40, 85 + 1.5 * t, 13)
+        masks[t] = torch.maximum(a, b)
+    return masks
+
+
+def test_touching_objects_that_part_get_two_ids_back_to_the_first_frame() -> None:
+    masks = _parting()
+    found = track(masks)
+    assert [len(item) for item in found] == [2] * masks.shape[0]
+    assert all(item.ids.tolist() == [1, 2] for item in found)
+    # each id keeps to its own side of the blob, back to frame 0
+    for t in (0, 5, 20):
+        left, right = found[t].boxes.tolist()
+        assert left[2] <= right[0] + 2, (t, left, right)
+    # without the look-back, the blob is one object until the two part
+    plain = track(masks, retro=0)
+    assert len(plain[0]) == 1 and len(plain[-1]) == 2
+    # as a stream, chunk by chunk: the same
+    tracker = Tracker()
+    pieces = tracker.update(masks[:10]) + tracker.update(masks[10:17]) + tracker.update(masks[17:])
+    pieces += tracker.finish()
+    assert [p.ids.tolist() for p in pieces] == [f.ids.tolist() for f in found]
+    assert all(torch.equal(p.labels, f.labels) for p, f in zip(pieces, found))
 
 
 def test_empty_video_gives_no_tracks() -> None:

@@ -37,8 +37,9 @@ import torch
 from .components import Instances
 from .errors import InputError
 
-__all__ = ["DEFAULT_WINDOW", "Tracker", "describe_tracks", "track", "track_ids", "track_masks"]
+__all__ = ["DEFAULT_RETRO", "DEFAULT_WINDOW", "Tracker", "describe_tracks", "track", "track_ids", "track_masks"]
 
+DEFAULT_RETRO = 30  # frames given out late, so that a blob's split can reach back to them
 DEFAULT_WINDOW = 30  # frames a lost track waits to be found again (~1 s of video)
 DEFAULT_MIN_FRACTION = 1e-3  # components under 0.1 % of the frame are noise, not objects to track
 
@@ -59,6 +60,7 @@ class _Track:
     vx: float = 0.0
     hits: int = 1
     colour: np.ndarray | None = None
+    patch: np.ndarray | None = None  # float32 [h, w, 3]: the frame's local mean colours over the crop
 
 
 @dataclass
@@ -67,6 +69,17 @@ class _Frame:
 
     labels: np.ndarray  # int32 [H, W]
     areas: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+
+
+@dataclass
+class _Pending:
+    """A frame tracked but not given out yet: its mask, component labels and ``(id, label)`` objects."""
+
+    t: int
+    mask: np.ndarray
+    labels: np.ndarray
+    objects: list[tuple[int, int]]
+    device: torch.device
 
 
 def _as_masks(masks: Any, name: str = "masks") -> torch.Tensor:
@@ -160,6 +173,10 @@ class Tracker:
         fragment: float = 0.3,
         motion: bool = True,
         split: bool = True,
+        texture: bool = True,
+        leftover: float | None = None,
+        retro: int = DEFAULT_RETRO,
+        settle: int = 3,
     ) -> None:
         if not 0.0 <= float(threshold) < 1.0:
             raise ValueError(f"threshold: must be in [0, 1), got {threshold}")
@@ -181,11 +198,20 @@ class Tracker:
         self.momentum, self.min_score = float(momentum), float(min_score)
         self.appearance = None if appearance is None else float(appearance)
         self.motion, self.split, self.fragment = bool(motion), bool(split), float(fragment)
+        self.texture = bool(texture)
+        self.texture_window = 25
+        self.leftover = None if leftover is None else float(leftover)
+        if int(retro) < 0 or int(settle) < 1:
+            raise ValueError(f"retro / settle: must be ≥ 0 and ≥ 1 frames, got {retro}, {settle}")
+        self.retro, self.settle = int(retro), int(settle)
+        self._pending: list[_Pending] = []  # frames not given out yet (the last ``retro``)
+        self._births: list[tuple[int, _Track, _Track]] = []  # (frame, new track, the track it came out of)
         self.frame = 0  # frames seen so far
         self.size: tuple[int, int] | None = None
         self._tracks: list[_Track] = []
         self._next_id = 1
         self._grid: tuple[np.ndarray, np.ndarray] | None = None  # pixel rows and columns, flattened
+        self._smooth: np.ndarray | None = None  # this frame's local mean colours [H, W, 3], with images
 
     @property
     def live_ids(self) -> list[int]:
@@ -218,11 +244,11 @@ class Tracker:
         values = masks.detach().cpu().numpy()
         found = []
         for index in range(count):
-            found.append(self._step(values[index], None if frames is None else frames[index], masks.device))
+            found += self._step(values[index], None if frames is None else frames[index], masks.device)
         return found
 
     # --------------------------------------------------------------------------------------------- steps
-    def _step(self, mask: np.ndarray, image: np.ndarray | None, device: torch.device) -> Instances:
+    def _step(self, mask: np.ndarray, image: np.ndarray | None, device: torch.device) -> list[Instances]:
         from scipy import ndimage
         from scipy.optimize import linear_sum_assignment
 
@@ -231,6 +257,10 @@ class Tracker:
         self.frame += 1
         self._tracks = [tr for tr in self._tracks if t - tr.last <= self.window]
 
+        smooth = None
+        if image is not None and self.texture:
+            smooth = ndimage.uniform_filter(image[..., :3].astype(np.float32) / 255.0, size=(5, 5, 1))
+        self._smooth = smooth
         structure = np.ones((3, 3), dtype=bool)
         labels, count = ndimage.label(mask > self.threshold, structure=structure)
         smallest = max(self.min_area, math.ceil(self.min_fraction * height * width), 1)
@@ -244,7 +274,7 @@ class Tracker:
 
         overlap = self._overlaps(labels, count, predictions)
         if self.split:
-            labels, count = self._split(labels, count, predictions, overlap, smallest)
+            labels, count = self._split(labels, count, predictions, overlap, smallest, live, smooth)
             overlap = self._overlaps(labels, count, predictions)
         areas = np.bincount(labels.ravel(), minlength=count + 1).astype(np.int64)
         present = np.flatnonzero(areas[1:] > 0) + 1  # components left after dropping specks
@@ -281,9 +311,83 @@ class Tracker:
                 self._observe(tr, labels, label, stats, t)
             else:
                 tr = self._start(labels, label, stats, t)
+                k = int(np.argmax(overlap[:, label])) if len(live) else -1
+                if self.retro and k in owner_of and overlap[k, label] >= 0.5 * areas[label]:
+                    self._births.append((t, tr, live[k]))  # came out of a blob that track k held
             objects.append((tr.id, label))
         objects.sort()
-        return self._instances(mask, labels, objects, device)
+        self._pending.append(_Pending(t, mask, labels, objects, device))
+        self._retro_split(t)
+        return self._emit(self.retro)
+
+    # ------------------------------------------------------------------------------------- retro split
+    def _retro_split(self, t: int) -> None:
+        """Births ``settle`` frames old (their motion known): split the earlier frames' blob their parent held
+        between the two, each with its mask of the birth frame moved back along its motion, for as long as
+        both claim the blob."""
+        settle = min(self.settle, self.retro)
+        keep = []
+        for born, child, parent in self._births:
+            if t - born < settle:
+                keep.append((born, child, parent))
+                continue
+            self._split_back(born, child, parent)
+        self._births = keep
+
+    def _split_back(self, born: int, child: _Track, parent: _Track) -> None:
+        from scipy import ndimage
+
+        frames = {p.t: p for p in self._pending}
+        if born not in frames:
+            return
+        at = frames[born]
+        masks = {}
+        for tr in (child, parent):
+            labels = [label for i, label in at.objects if i == tr.id]
+            if not labels:
+                return
+            masks[tr.id] = at.labels == labels[0]
+        height, width = at.labels.shape
+        for s in range(born - 1, born - 1 - self.retro, -1):
+            if s not in frames:
+                break
+            item = frames[s]
+            held = [label for i, label in item.objects if i == parent.id]
+            if not held or any(i == child.id for i, _ in item.objects):
+                break
+            member = item.labels == held[0]
+            depth = []
+            for tr in (parent, child):
+                dy, dx = round(tr.vy * (s - born)), round(tr.vx * (s - born))
+                moved = np.zeros((height, width), dtype=bool)
+                fy, fx, cy, cx = _window(dy, dx, height, width, height, width)
+                moved[fy, fx] = masks[tr.id][cy, cx]
+                inside = (moved & member).sum()
+                if inside < self.claim * max(int(moved.sum()), 1):
+                    return  # this one does not claim the blob any more: they were apart, or one hid
+                depth.append(ndimage.distance_transform_edt(~moved) - ndimage.distance_transform_edt(moved))
+            piece = member & (depth[1] < depth[0])
+            if piece.sum() < 1 or (member & ~piece).sum() < 1:
+                return
+            label = int(item.labels.max()) + 1
+            item.labels[piece] = label
+            item.objects = sorted([*item.objects, (child.id, label)])
+
+    def _emit(self, keep: int) -> list[Instances]:
+        """Instances of the pending frames but the last ``keep`` (which a later retro split may still change)."""
+        out = []
+        while len(self._pending) > keep:
+            item = self._pending.pop(0)
+            out.append(self._instances(item.mask, item.labels, item.objects, item.device))
+        return out
+
+    def finish(self) -> list[Instances]:
+        """The frames still held back (with ``retro``: the last ``retro`` frames); call after the last
+        :meth:`update`. Without ``retro``, ``[]``."""
+        for born, child, parent in self._births:
+            self._split_back(born, child, parent)
+        self._births = []
+        return self._emit(0)
 
     def _overlaps(self, labels: np.ndarray, count: int, predictions: list[tuple[np.ndarray, int, int]]) -> np.ndarray:
         """``[N, count + 1]`` pixels of each prediction on each component (column 0: outside every component)."""
@@ -302,11 +406,14 @@ class Tracker:
         predictions: list[tuple[np.ndarray, int, int]],
         overlap: np.ndarray,
         smallest: int,
+        live: list[_Track] | None = None,
+        smooth: np.ndarray | None = None,
     ) -> tuple[np.ndarray, int]:
         """Split components claimed by several predictions (see the module docstring); returns new labels."""
         from scipy import ndimage
 
-        if len(predictions) < 2 or count == 0:
+        least = 1 if self.leftover is not None else 2
+        if len(predictions) < least or count == 0:
             return labels, count
         height, width = labels.shape
         predicted_area = np.array([crop[_window(t, lf, *crop.shape, height, width)[2:]].sum() for crop, t, lf in
@@ -314,10 +421,11 @@ class Tracker:
         claims = overlap[:, 1:] >= self.claim * np.maximum(predicted_area[:, None], 1)
         areas = np.bincount(labels.ravel(), minlength=count + 1)
         boxes = ndimage.find_objects(labels, max_label=count)
-        for c in np.flatnonzero(claims.sum(0) >= 2):
+        for c in np.flatnonzero(claims.sum(0) >= least):
             label = int(c) + 1
             claimants = np.flatnonzero(claims[:, c])
-            if areas[label] < self.merge_ratio * predicted_area[claimants].sum() or boxes[c] is None:
+            splitting = len(claimants) >= 2 and areas[label] >= self.merge_ratio * predicted_area[claimants].sum()
+            if (not splitting and self.leftover is None) or boxes[c] is None:
                 continue
             ys, xs = boxes[c]
             pad = 2
@@ -326,18 +434,54 @@ class Tracker:
             region = labels[y0:y1, x0:x1]
             member = region == label
             depth = np.empty((len(claimants), *member.shape), dtype=np.float32)
+            textured = smooth is not None and live is not None
+            if textured:
+                unlike = np.full((len(claimants), *member.shape), np.inf, dtype=np.float32)
             for i, k in enumerate(claimants):
                 crop, top, left = predictions[k]
                 canvas = np.zeros(member.shape, dtype=bool)
                 fy, fx, cy, cx = _window(top - y0, left - x0, *crop.shape, *member.shape)
                 canvas[fy, fx] = crop[cy, cx]
+                patch = live[k].patch if textured else None
+                if patch is not None:
+                    # colour distance of this frame to the track's last colours moved with it, where it predicts
+                    here = smooth[y0:y1, x0:x1][fy, fx]
+                    diff = ((here - patch[cy, cx]) ** 2).sum(-1)
+                    unlike[i][fy, fx] = np.where(crop[cy, cx], diff, np.inf)
                 if not canvas.any():  # the prediction lies outside this box: far from every pixel
                     depth[i] = np.float32(1e6)
                     continue
                 # signed distance: negative inside the predicted mask (deeper is more negative)
                 depth[i] = ndimage.distance_transform_edt(~canvas) - ndimage.distance_transform_edt(canvas)
-            nearest = np.argmin(depth, axis=0)
             pieces = []
+            if self.leftover is not None:
+                # pixels far outside every claimant's prediction: another object come out of (or into) the blob
+                far = member & (depth.min(0) > self.leftover)
+                far = ndimage.binary_opening(far, iterations=2)
+                parts, found = ndimage.label(far, structure=np.ones((3, 3), dtype=bool))
+                if found:
+                    sizes = np.bincount(parts.ravel(), minlength=found + 1)
+                    least_piece = max(smallest, 0.15 * predicted_area[claimants].min())
+                    for n in np.flatnonzero(sizes[1:] >= least_piece) + 1:
+                        pieces.append(parts == n)
+                for piece in pieces:
+                    member = member & ~piece
+            if not splitting:
+                for piece in pieces:
+                    count += 1
+                    region[piece] = count
+                continue
+            nearest = np.argmin(depth, axis=0)
+            if textured:
+                # where several predictions overlap, the pixel goes to the one whose colours it has (the object
+                # in front is seen there; the one behind is not)
+                shared = (depth < 0).sum(0) >= 2
+                known = np.isfinite(unlike.min(0))
+                # pixel colours are noisy (and the motion is off by a pixel or two): compare over a window
+                best = np.argmin(ndimage.uniform_filter(np.minimum(unlike, 3.0), size=(1, self.texture_window,
+                                                                                       self.texture_window)), axis=0)  # fmt: skip
+                pick = shared & known
+                nearest[pick] = best[pick]
             for i in range(1, len(claimants)):
                 piece = member & (nearest == i)
                 if piece.sum() >= smallest:
@@ -414,6 +558,12 @@ class Tracker:
             scores = scores * np.where(np.isnan(term), 1.0, term)
         return scores
 
+    def _patch(self, crop: np.ndarray, top: int, left: int) -> np.ndarray | None:
+        if self._smooth is None:
+            return None
+        h, w = crop.shape
+        return self._smooth[top : top + h, left : left + w].copy()
+
     def _crop(self, labels: np.ndarray, label: int) -> tuple[np.ndarray, int, int]:
         rows = np.flatnonzero((labels == label).any(1))
         cols = np.flatnonzero((labels == label).any(0))
@@ -424,7 +574,7 @@ class Tracker:
         crop, top, left = self._crop(labels, label)
         colour = stats["colour"][label].copy() if "colour" in stats else None
         tr = _Track(self._next_id, crop, top, left, stats["cy"][label], stats["cx"][label], int(crop.sum()), t,
-                    colour=colour)  # fmt: skip
+                    colour=colour, patch=self._patch(crop, top, left))  # fmt: skip
         self._next_id += 1
         self._tracks.append(tr)
         return tr
@@ -442,6 +592,7 @@ class Tracker:
             tr.vy = tr.vx = 0.0
         tr.crop, tr.top, tr.left = self._crop(labels, label)
         tr.cy, tr.cx, tr.area, tr.last = cy, cx, int(tr.crop.sum()), t
+        tr.patch = self._patch(tr.crop, tr.top, tr.left)
         tr.hits += 1
         if "colour" in stats:
             new = stats["colour"][label]
@@ -501,7 +652,8 @@ def track(
     Raises:
         InputError: ``masks`` is not ``[T, H, W]``, or ``images`` do not match it.
     """
-    return Tracker(threshold=threshold, min_area=min_area, **options).update(masks, images)
+    tracker = Tracker(threshold=threshold, min_area=min_area, **options)
+    return tracker.update(masks, images) + tracker.finish()
 
 
 def track_ids(found: list[Instances]) -> list[int]:
