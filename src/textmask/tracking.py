@@ -41,6 +41,7 @@ __all__ = ["DEFAULT_RETRO", "DEFAULT_WINDOW", "Tracker", "describe_tracks", "tra
 
 DEFAULT_RETRO = 30  # frames given out late, so that a blob's split can reach back to them
 DEFAULT_WINDOW = 30  # frames a lost track waits to be found again (~1 s of video)
+_TEXTURE_WINDOW = 15  # px: colours are compared over windows this wide
 DEFAULT_MIN_FRACTION = 1e-3  # components under 0.1 % of the frame are noise, not objects to track
 
 
@@ -199,7 +200,6 @@ class Tracker:
         self.appearance = None if appearance is None else float(appearance)
         self.motion, self.split, self.fragment = bool(motion), bool(split), float(fragment)
         self.texture = bool(texture)
-        self.texture_window = 25
         self.leftover = None if leftover is None else float(leftover)
         if int(retro) < 0 or int(settle) < 1:
             raise ValueError(f"retro / settle: must be ≥ 0 and ≥ 1 frames, got {retro}, {settle}")
@@ -478,8 +478,8 @@ class Tracker:
                 shared = (depth < 0).sum(0) >= 2
                 known = np.isfinite(unlike.min(0))
                 # pixel colours are noisy (and the motion is off by a pixel or two): compare over a window
-                best = np.argmin(ndimage.uniform_filter(np.minimum(unlike, 3.0), size=(1, self.texture_window,
-                                                                                       self.texture_window)), axis=0)  # fmt: skip
+                window = (1, _TEXTURE_WINDOW, _TEXTURE_WINDOW)
+                best = np.argmin(ndimage.uniform_filter(np.minimum(unlike, 3.0), size=window), axis=0)
                 pick = shared & known
                 nearest[pick] = best[pick]
             for i in range(1, len(claimants)):
