@@ -41,7 +41,9 @@ __all__ = ["DEFAULT_RETRO", "DEFAULT_WINDOW", "Tracker", "describe_tracks", "tra
 
 DEFAULT_RETRO = 30  # frames given out late, so that a blob's split can reach back to them
 DEFAULT_WINDOW = 30  # frames a lost track waits to be found again (~1 s of video)
-_TEXTURE_WINDOW = 15  # px: colours are compared over windows this wide
+_PALETTE = 256  # colours kept per object
+_TEXTURE_WINDOW = 15  # px: colour distances are compared over windows this wide
+DEFAULT_COLOUR_REACH = 0.3  # × an object's size (√area): how far from its prediction its colours are looked for
 DEFAULT_MIN_FRACTION = 1e-3  # components under 0.1 % of the frame are noise, not objects to track
 
 
@@ -61,7 +63,7 @@ class _Track:
     vx: float = 0.0
     hits: int = 1
     colour: np.ndarray | None = None
-    patch: np.ndarray | None = None  # float32 [h, w, 3]: the frame's local mean colours over the crop
+    palette: np.ndarray | None = None  # float32 [n, 3]: colours of its pixels when last seen alone
 
 
 @dataclass
@@ -174,8 +176,7 @@ class Tracker:
         fragment: float = 0.3,
         motion: bool = True,
         split: bool = True,
-        texture: bool = True,
-        leftover: float | None = None,
+        colour_reach: float | None = DEFAULT_COLOUR_REACH,
         retro: int = DEFAULT_RETRO,
         settle: int = 3,
     ) -> None:
@@ -199,8 +200,10 @@ class Tracker:
         self.momentum, self.min_score = float(momentum), float(min_score)
         self.appearance = None if appearance is None else float(appearance)
         self.motion, self.split, self.fragment = bool(motion), bool(split), float(fragment)
-        self.texture = bool(texture)
-        self.leftover = None if leftover is None else float(leftover)
+        if colour_reach is not None and not float(colour_reach) > 0:
+            raise ValueError(f"colour_reach: must be > 0 (or None: split blobs by position only), got {colour_reach}")
+        self.colour_reach = None if colour_reach is None else float(colour_reach)
+        self._cut: set[int] = set()  # this frame's labels cut from a shared blob
         if int(retro) < 0 or int(settle) < 1:
             raise ValueError(f"retro / settle: must be ≥ 0 and ≥ 1 frames, got {retro}, {settle}")
         self.retro, self.settle = int(retro), int(settle)
@@ -258,7 +261,8 @@ class Tracker:
         self._tracks = [tr for tr in self._tracks if t - tr.last <= self.window]
 
         smooth = None
-        if image is not None and self.texture:
+        self._cut = set()
+        if image is not None and self.colour_reach is not None:
             smooth = ndimage.uniform_filter(image[..., :3].astype(np.float32) / 255.0, size=(5, 5, 1))
         self._smooth = smooth
         structure = np.ones((3, 3), dtype=bool)
@@ -412,8 +416,7 @@ class Tracker:
         """Split components claimed by several predictions (see the module docstring); returns new labels."""
         from scipy import ndimage
 
-        least = 1 if self.leftover is not None else 2
-        if len(predictions) < least or count == 0:
+        if len(predictions) < 2 or count == 0:
             return labels, count
         height, width = labels.shape
         predicted_area = np.array([crop[_window(t, lf, *crop.shape, height, width)[2:]].sum() for crop, t, lf in
@@ -421,11 +424,10 @@ class Tracker:
         claims = overlap[:, 1:] >= self.claim * np.maximum(predicted_area[:, None], 1)
         areas = np.bincount(labels.ravel(), minlength=count + 1)
         boxes = ndimage.find_objects(labels, max_label=count)
-        for c in np.flatnonzero(claims.sum(0) >= least):
+        for c in np.flatnonzero(claims.sum(0) >= 2):
             label = int(c) + 1
             claimants = np.flatnonzero(claims[:, c])
-            splitting = len(claimants) >= 2 and areas[label] >= self.merge_ratio * predicted_area[claimants].sum()
-            if (not splitting and self.leftover is None) or boxes[c] is None:
+            if areas[label] < self.merge_ratio * predicted_area[claimants].sum() or boxes[c] is None:
                 continue
             ys, xs = boxes[c]
             pad = 2
@@ -434,7 +436,7 @@ class Tracker:
             region = labels[y0:y1, x0:x1]
             member = region == label
             depth = np.empty((len(claimants), *member.shape), dtype=np.float32)
-            textured = smooth is not None and live is not None
+            textured = smooth is not None and live is not None and self.colour_reach is not None
             if textured:
                 unlike = np.full((len(claimants), *member.shape), np.inf, dtype=np.float32)
             for i, k in enumerate(claimants):
@@ -442,53 +444,42 @@ class Tracker:
                 canvas = np.zeros(member.shape, dtype=bool)
                 fy, fx, cy, cx = _window(top - y0, left - x0, *crop.shape, *member.shape)
                 canvas[fy, fx] = crop[cy, cx]
-                patch = live[k].patch if textured else None
-                if patch is not None:
-                    # colour distance of this frame to the track's last colours moved with it, where it predicts
-                    here = smooth[y0:y1, x0:x1][fy, fx]
-                    diff = ((here - patch[cy, cx]) ** 2).sum(-1)
-                    unlike[i][fy, fx] = np.where(crop[cy, cx], diff, np.inf)
                 if not canvas.any():  # the prediction lies outside this box: far from every pixel
                     depth[i] = np.float32(1e6)
                     continue
                 # signed distance: negative inside the predicted mask (deeper is more negative)
                 depth[i] = ndimage.distance_transform_edt(~canvas) - ndimage.distance_transform_edt(canvas)
-            pieces = []
-            if self.leftover is not None:
-                # pixels far outside every claimant's prediction: another object come out of (or into) the blob
-                far = member & (depth.min(0) > self.leftover)
-                far = ndimage.binary_opening(far, iterations=2)
-                parts, found = ndimage.label(far, structure=np.ones((3, 3), dtype=bool))
-                if found:
-                    sizes = np.bincount(parts.ravel(), minlength=found + 1)
-                    least_piece = max(smallest, 0.15 * predicted_area[claimants].min())
-                    for n in np.flatnonzero(sizes[1:] >= least_piece) + 1:
-                        pieces.append(parts == n)
-                for piece in pieces:
-                    member = member & ~piece
-            if not splitting:
-                for piece in pieces:
-                    count += 1
-                    region[piece] = count
-                continue
+                palette = live[k].palette if textured else None
+                if palette is not None:
+                    # near its prediction: how far each pixel's colour is from the nearest colour the object had
+                    # when last seen alone
+                    near = member & (depth[i] < self.colour_reach * math.sqrt(predicted_area[k]))
+                    here = smooth[y0:y1, x0:x1][near]
+                    d2 = ((here[:, None, :] - palette[None, :, :]) ** 2).sum(-1).min(1)
+                    unlike[i][near] = d2
             nearest = np.argmin(depth, axis=0)
             if textured:
-                # where several predictions overlap, the pixel goes to the one whose colours it has (the object
-                # in front is seen there; the one behind is not)
-                shared = (depth < 0).sum(0) >= 2
-                known = np.isfinite(unlike.min(0))
-                # pixel colours are noisy (and the motion is off by a pixel or two): compare over a window
+                # where several objects may be, the pixel goes to the one whose colours it has (the object in
+                # front is seen there, not the one it hides; one that comes out from behind is told apart)
+                shared = np.isfinite(unlike).sum(0) >= 2
+                # pixel colours are noisy: compare the mean distances over a window (of the pixels where each
+                # object is looked for)
+                valid = np.isfinite(unlike)
                 window = (1, _TEXTURE_WINDOW, _TEXTURE_WINDOW)
-                best = np.argmin(ndimage.uniform_filter(np.minimum(unlike, 3.0), size=window), axis=0)
-                pick = shared & known
-                nearest[pick] = best[pick]
+                total = ndimage.uniform_filter(np.where(valid, unlike, 0.0), size=window)
+                weight = ndimage.uniform_filter(valid.astype(np.float32), size=window)
+                best = np.argmin(np.where(valid, total / np.maximum(weight, 1e-6), np.inf), axis=0)
+                nearest[shared] = best[shared]
+            pieces = []
             for i in range(1, len(claimants)):
                 piece = member & (nearest == i)
                 if piece.sum() >= smallest:
                     pieces.append(piece)
+            self._cut.add(label)
             for piece in pieces:  # piece 0 keeps the component's label
                 count += 1
                 region[piece] = count
+                self._cut.add(count)
         return labels, count
 
     def _stats(self, labels: np.ndarray, count: int, image: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -558,11 +549,16 @@ class Tracker:
             scores = scores * np.where(np.isnan(term), 1.0, term)
         return scores
 
-    def _patch(self, crop: np.ndarray, top: int, left: int) -> np.ndarray | None:
+    def _palette(self, crop: np.ndarray, top: int, left: int) -> np.ndarray | None:
+        """Up to ``_PALETTE`` colours of the object's pixels (the frame's local means), evenly drawn."""
         if self._smooth is None:
             return None
         h, w = crop.shape
-        return self._smooth[top : top + h, left : left + w].copy()
+        colours = self._smooth[top : top + h, left : left + w][crop]
+        if not len(colours):
+            return None
+        step = max(1, len(colours) // _PALETTE)
+        return colours[::step].copy()
 
     def _crop(self, labels: np.ndarray, label: int) -> tuple[np.ndarray, int, int]:
         rows = np.flatnonzero((labels == label).any(1))
@@ -574,7 +570,8 @@ class Tracker:
         crop, top, left = self._crop(labels, label)
         colour = stats["colour"][label].copy() if "colour" in stats else None
         tr = _Track(self._next_id, crop, top, left, stats["cy"][label], stats["cx"][label], int(crop.sum()), t,
-                    colour=colour, patch=self._patch(crop, top, left))  # fmt: skip
+                    colour=colour)  # fmt: skip
+        tr.palette = self._palette(crop, top, left)
         self._next_id += 1
         self._tracks.append(tr)
         return tr
@@ -583,7 +580,9 @@ class Tracker:
         gap = max(1, t - tr.last)
         cy, cx = float(stats["cy"][label]), float(stats["cx"][label])
         step_y, step_x = (cy - tr.cy) / gap, (cx - tr.cx) / gap
-        if tr.hits == 1:
+        if label in self._cut and tr.hits > 1:
+            pass  # a piece cut from a shared blob: its centroid moves with the cut, not with the object
+        elif tr.hits == 1:
             tr.vy, tr.vx = step_y, step_x
         else:
             tr.vy = self.momentum * tr.vy + (1 - self.momentum) * step_y
@@ -592,7 +591,8 @@ class Tracker:
             tr.vy = tr.vx = 0.0
         tr.crop, tr.top, tr.left = self._crop(labels, label)
         tr.cy, tr.cx, tr.area, tr.last = cy, cx, int(tr.crop.sum()), t
-        tr.patch = self._patch(tr.crop, tr.top, tr.left)
+        if label not in self._cut:
+            tr.palette = self._palette(tr.crop, tr.top, tr.left)
         tr.hits += 1
         if "colour" in stats:
             new = stats["colour"][label]
