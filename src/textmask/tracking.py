@@ -12,7 +12,11 @@ Per frame:
 3. **Splitting merged blobs**: objects that touch or overlap make one component in a single prompt's mask. A
    component claimed by several predictions (each covers it by ``claim`` of its own area), and large enough to
    hold them (``merge_ratio`` of their summed areas; less means one hides the other), is split: each pixel goes
-   to the prediction it lies deepest in (signed distance to each predicted mask).
+   to the prediction it lies deepest in (signed distance to each predicted mask). With ``images``, a pixel
+   within ``colour_reach`` of several predictions goes instead to the object whose colours it is nearest to
+   (each object's colours as last seen alone; distances averaged over a 15 px window): the object in front
+   keeps its whole shape, and one that comes out from behind it is told apart. A cut piece's centroid moves with
+   the cut, so an object's velocity is held while it is a piece of a shared blob.
 4. **Matching**: the IoU of every prediction with every detection (for a track lost a while, also a score from
    the distance of the centroids, so that an object that passed behind another is found again), times an
    appearance term (mean colour) when ``images`` are given; solved as an assignment
@@ -20,9 +24,15 @@ Per frame:
    broke in two) joins that object.
 5. **Bookkeeping**: unmatched detections start new tracks (new ids, counting from 1); unmatched tracks are kept
    for ``window`` frames and come back under their id if matched again within it.
+6. **Looking back** (``retro``): when an object comes out of a blob that a track held (a new track born from
+   it), the earlier frames' blob is split between the two as well, each with its mask of that frame moved back
+   along its motion, for as long as both claim the blob: two objects that touched from their first frame get
+   their own ids from it. The split is done once the new object's motion is known (``settle`` frames), and
+   reaches back up to ``retro`` frames: :meth:`Tracker.update` gives its frames out ``retro`` frames late, and
+   :meth:`Tracker.finish` the rest.
 
-Everything is sequential in time, so a video tracked chunk by chunk (:class:`Tracker`) gives exactly what the
-same video tracked in one piece gives.
+Everything is sequential in time, so a video tracked chunk by chunk (:class:`Tracker`, then ``finish()``) gives
+exactly what the same video tracked in one piece gives.
 """
 
 from __future__ import annotations
@@ -158,8 +168,14 @@ class Tracker:
             inside the track's prediction, joins that detection; a larger one is a new object.
         motion: predict with constant velocity (False: where the object was last seen).
         split: split blobs claimed by several tracks (False: a blob is one object).
+        colour_reach: with images, how far (× an object's size, √area) from its predicted mask a blob's pixels
+            are given by colour rather than by position; None: by position only.
+        retro: frames a split may reach back (the frames :meth:`update` holds back); 0: none, every frame is
+            given out at once.
+        settle: frames a new object is followed before the split reaches back (to know its motion).
 
-    Call :meth:`update` with consecutive chunks; the results equal :func:`track` of the whole video.
+    Call :meth:`update` with consecutive chunks, then :meth:`finish`; the results equal :func:`track` of the
+    whole video.
     """
 
     def __init__(
@@ -222,7 +238,8 @@ class Tracker:
         return sorted(t.id for t in self._tracks)
 
     def update(self, masks: Any, images: Any = None) -> list[Instances]:
-        """Track the next frames.
+        """Track the next frames; give out those no later split can change any more (all but the last
+        ``retro`` frames seen so far, in order).
 
         Args:
             masks: ``[B, H, W]`` float in [0, 1] (uint8 read as /255, bool as 0/1): one prompt's masks of the
@@ -230,8 +247,8 @@ class Tracker:
             images: optional ``[B, H, W, C]`` frames (float in [0, 1] or uint8) for the appearance term.
 
         Returns:
-            B :class:`~textmask.components.Instances` (on the masks' device), objects in id order, with
-            ``ids`` ``[K]`` int64.
+            :class:`~textmask.components.Instances` (on the masks' device) of the frames given out now (B of
+            them when ``retro`` is 0), objects in id order, with ``ids`` ``[K]`` int64.
         """
         masks = _as_masks(masks)
         count, height, width = masks.shape
