@@ -188,7 +188,7 @@ def test_an_object_passing_behind_another_is_told_apart_by_its_colours() -> None
         for k, truth in enumerate(reversed(visible[t])):  # id 1: the front disc (its top row is found first)
             mask = found[t].labels == k + 1
             iou = (mask & truth).sum() / (mask | truth).sum()
-            assert iou > 0.85, (t, k, float(iou))
+            assert iou > 0.8, (t, k, float(iou))  # by position only: 0.55 for the hidden one at frame 18
     # by position only, the front disc's pixels near the hidden one's prediction go astray (extra ids)
     assert len(track_ids(track(masks, images, colour_reach=None))) > 2
 

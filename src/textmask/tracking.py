@@ -53,6 +53,7 @@ DEFAULT_RETRO = 30  # frames given out late, so that a blob's split can reach ba
 DEFAULT_WINDOW = 30  # frames a lost track waits to be found again (~1 s of video)
 _PALETTE = 256  # colours kept per object
 _TEXTURE_WINDOW = 15  # px: colour distances are compared over windows this wide
+_COLOUR_RATIO = 0.5  # colours decide a pixel where the nearest object is at most this fraction of the next
 DEFAULT_COLOUR_REACH = 0.3  # × an object's size (√area): how far from its prediction its colours are looked for
 DEFAULT_MIN_FRACTION = 1e-3  # components under 0.1 % of the frame are noise, not objects to track
 
@@ -485,8 +486,14 @@ class Tracker:
                 window = (1, _TEXTURE_WINDOW, _TEXTURE_WINDOW)
                 total = ndimage.uniform_filter(np.where(valid, unlike, 0.0), size=window)
                 weight = ndimage.uniform_filter(valid.astype(np.float32), size=window)
-                best = np.argmin(np.where(valid, total / np.maximum(weight, 1e-6), np.inf), axis=0)
-                nearest[shared] = best[shared]
+                mean = np.where(valid, total / np.maximum(weight, 1e-6), np.inf)
+                best = np.argmin(mean, axis=0)
+                # only where the colours decide: the nearest object clearly nearer than the next (objects of
+                # like colours are split by position)
+                ranked = np.sort(mean, axis=0)
+                clear = ranked[0] < _COLOUR_RATIO * ranked[1]
+                pick = shared & clear
+                nearest[pick] = best[pick]
             pieces = []
             for i in range(1, len(claimants)):
                 piece = member & (nearest == i)
@@ -597,8 +604,8 @@ class Tracker:
         gap = max(1, t - tr.last)
         cy, cx = float(stats["cy"][label]), float(stats["cx"][label])
         step_y, step_x = (cy - tr.cy) / gap, (cx - tr.cx) / gap
-        if label in self._cut and tr.hits > 1:
-            pass  # a piece cut from a shared blob: its centroid moves with the cut, not with the object
+        if label in self._cut and tr.hits > 1 and self._smooth is not None:
+            pass  # a piece cut from a shared blob by colour: its centroid moves with the cut, not the object
         elif tr.hits == 1:
             tr.vy, tr.vx = step_y, step_x
         else:
