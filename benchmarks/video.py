@@ -2,8 +2,8 @@
 
 Run from the repository root (needs scikit-image for its bundled photos, scipy, opencv-python-headless)::
 
-    python benchmarks/video.py                      # seed 0: 6 videos × 60 frames at 384², timing at 512²
-    python benchmarks/video.py --seed 1             # another draw of the videos (not tuned on)
+    python benchmarks/video.py                      # seed 0: 6 (+ 4 fast) videos at 384², timing at 512²
+    python benchmarks/video.py --seed 1 --no-timing # another draw of the videos (not tuned on; also --seed 2)
     python benchmarks/video.py --pictures docs/images/video --no-timing
 
 Each video has 2–5 textured objects (ellipses and stars cut from skimage's photos, each with its own texture)
@@ -26,8 +26,10 @@ Compared in one run:
   order) and against the tracker without its motion prediction and blob splitting (a plain IoU component
   tracker): IDF1, id switches (CLEAR-MOT) per 100 object-frames, on the coarse masks and on perfect masks
   (the truth's union: objects that touch still merge).
-* **cost** at 512²: stabilize (optical flow included) and track per frame against a float32 single-prompt
-  ``session.mask`` of one frame on ``random-full``, same frames, round-robin.
+* **fast motion**: the masks' table again on more videos whose objects move at 6–14 px per frame
+  (``--fast-videos``, ``--fast-speeds``), where the moving average's lag shows.
+* **cost** at 512²: stabilize (optical flow included) and track (with and without the frames) per frame
+  against a float32 single-prompt ``session.mask`` of one frame on ``random-full``, same frames, round-robin.
 
 The IDF1 and switch counts are computed here (:func:`id_scores`; tested in ``tests/test_tracking.py``):
 ``motmetrics`` 1.4 does not run on numpy 2.
@@ -383,9 +385,16 @@ def time_per_frame(size: int, frames: int, repeats: int) -> dict[str, float]:
         run = Tracker()
         for t in range(frames):
             run.update(coarse[t : t + 1])
+        run.finish()
+
+    def trk_images() -> None:
+        run = Tracker()
+        for t in range(frames):
+            run.update(coarse[t : t + 1], images[t : t + 1])
+        run.finish()
 
     rows = {"session.mask (random-full, float32, 1 prompt)": masks, "stabilize (DIS flow + warp)": stab,
-            "track": trk}  # fmt: skip
+            "track": trk, "track with the frames": trk_images}  # fmt: skip
     return _quality().best_seconds(rows, repeats, frames)
 
 

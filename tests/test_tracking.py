@@ -216,6 +216,10 @@ def test_bad_shapes_get_clear_errors() -> None:
         tracker.update(torch.zeros(1, 21, 30))
     with pytest.raises(ValueError, match="threshold"):
         track(torch.zeros(2, 20, 30), threshold=1.0)
+    with pytest.raises(ValueError, match="retro / settle"):
+        Tracker(retro=-1)
+    with pytest.raises(ValueError, match="colour_reach"):
+        Tracker(colour_reach=0)
     with pytest.raises(InputError, match=r"images: expected \[T, H, W, C\]"):
         stabilize(torch.zeros(2, 20, 30), torch.zeros(2, 20, 30))
     with pytest.raises(InputError, match="images: 2 frames for 3 masks"):

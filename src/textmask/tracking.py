@@ -667,7 +667,8 @@ def track(
         threshold: object pixels are ``mask > threshold``; in [0, 1).
         min_area: objects with fewer pixels are ignored (and those under ``min_fraction`` of the frame,
             0.1 % by default).
-        options: the other :class:`Tracker` settings (``window``, ``claim``, ``merge_ratio``, ...).
+        options: the other :class:`Tracker` settings (``window``, ``retro``, ``colour_reach``, ``claim``,
+            ``merge_ratio``, ...).
 
     Returns:
         T :class:`~textmask.components.Instances`, objects in id order; ``ids`` ``[K]`` int64 (from 1) name the
