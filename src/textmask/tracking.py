@@ -338,6 +338,8 @@ class Tracker:
                     self._births.append((t, tr, live[k]))  # came out of a blob that track k held
             objects.append((tr.id, label))
         objects.sort()
+        if labels.size and labels.max() < np.iinfo(np.uint16).max - len(self._tracks) - 1:
+            labels = labels.astype(np.uint16)  # held up to `retro` frames: half the memory
         self._pending.append(_Pending(t, mask, labels, objects, device))
         self._retro_split(t)
         return self._emit(self.retro)
