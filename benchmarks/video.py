@@ -2,8 +2,8 @@
 
 Run from the repository root (needs scikit-image for its bundled photos, scipy, opencv-python-headless)::
 
-    python benchmarks/video.py                      # seed 0: 6 videos × 60 frames at 384², timing at 512²
-    python benchmarks/video.py --seed 1             # another draw of the videos (not tuned on)
+    python benchmarks/video.py                      # seed 0: 6 (+ 4 fast) videos at 384², timing at 512²
+    python benchmarks/video.py --seed 1 --no-timing # another draw of the videos (not tuned on; also --seed 2)
     python benchmarks/video.py --pictures docs/images/video --no-timing
 
 Each video has 2–5 textured objects (ellipses and stars cut from skimage's photos, each with its own texture)
@@ -26,8 +26,10 @@ Compared in one run:
   order) and against the tracker without its motion prediction and blob splitting (a plain IoU component
   tracker): IDF1, id switches (CLEAR-MOT) per 100 object-frames, on the coarse masks and on perfect masks
   (the truth's union: objects that touch still merge).
-* **cost** at 512²: stabilize (optical flow included) and track per frame against a float32 single-prompt
-  ``session.mask`` of one frame on ``random-full``, same frames, round-robin.
+* **fast motion**: the masks' table again on more videos whose objects move at 6–14 px per frame
+  (``--fast-videos``, ``--fast-speeds``), where the moving average's lag shows.
+* **cost** at 512²: stabilize (optical flow included) and track (with and without the frames) per frame
+  against a float32 single-prompt ``session.mask`` of one frame on ``random-full``, same frames, round-robin.
 
 The IDF1 and switch counts are computed here (:func:`id_scores`; tested in ``tests/test_tracking.py``):
 ``motmetrics`` 1.4 does not run on numpy 2.
@@ -101,11 +103,14 @@ def _sprite(rng: np.random.Generator, size: int, photo: np.ndarray) -> tuple[np.
     return alpha, texture[top : top + side, left : left + side].astype(np.float32)
 
 
-def _path(rng: np.random.Generator, frames: int, size: int, side: int) -> list[tuple[int, int]]:
-    """Top-left corners: a straight run at 1–6 px per frame; it bounces off the walls, or passes through them
-    (entering or leaving); retried until the object is in view for at least a third of the video."""
+def _path(
+    rng: np.random.Generator, frames: int, size: int, side: int, speeds: tuple[float, float] = (1.0, 6.0)
+) -> list[tuple[int, int]]:
+    """Top-left corners: a straight run at ``speeds`` px per frame (at 384², scaled with the size); it bounces
+    off the walls, or passes through them (entering or leaving); retried until the object is in view for at
+    least a third of the video."""
     for _ in range(200):
-        speed = rng.uniform(1.0, 6.0) * size / 384
+        speed = rng.uniform(*speeds) * size / 384
         angle = rng.uniform(0, 2 * math.pi)
         vy, vx = speed * math.sin(angle), speed * math.cos(angle)
         bounce = rng.random() < 0.4
@@ -130,17 +135,27 @@ def _path(rng: np.random.Generator, frames: int, size: int, side: int) -> list[t
     raise RuntimeError("no path found")
 
 
-def make_video(seed: int, index: int, frames: int = 60, size: int = 384, jitter: float = 0.5) -> Video:
-    """One synthetic video (see the module docstring); deterministic in ``(seed, index)``."""
+def make_video(
+    seed: int,
+    index: int,
+    frames: int = 60,
+    size: int = 384,
+    jitter: float = 0.5,
+    speeds: tuple[float, float] = (1.0, 6.0),
+) -> Video:
+    """One synthetic video (see the module docstring); deterministic in ``(seed, index)`` (and ``speeds``:
+    px per frame at 384²; the default draw is the one of 1–6 px)."""
     quality = _quality()
-    rng = np.random.default_rng([seed, index])
+    rng = np.random.default_rng(
+        [seed, index] if speeds == (1.0, 6.0) else [seed, index, *(round(10 * v) for v in speeds)]
+    )
     count = 2 + (index % 4)  # 2, 3, 4, 5, 2, 3 ... objects
     names = list(rng.permutation(PHOTOS))
     background = quality.cover(quality._photo(names[0]), size, size).astype(np.float32)
     sprites = []
     for k in range(count):
         alpha, texture = _sprite(rng, size, quality._photo(names[1 + k % (len(names) - 1)]))
-        sprites.append(Sprite(alpha, texture, _path(rng, frames, size, alpha.shape[0])))
+        sprites.append(Sprite(alpha, texture, _path(rng, frames, size, alpha.shape[0], speeds)))
     images = np.empty((frames, size, size, 3), np.uint8)
     truth = np.zeros((frames, size, size), np.float32)
     labels = np.zeros((frames, size, size), np.int64)
@@ -319,12 +334,15 @@ def as_found(results: list[Any]) -> list[tuple[list[int], np.ndarray]]:
 SMOOTHING = (0.3, 0.5, 0.7, 0.85)
 
 
-def mask_methods(video: Video, strength: float) -> dict[str, torch.Tensor]:
+FAST_SMOOTHING = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85)  # every strength, on the fast-motion set
+
+
+def mask_methods(video: Video, strength: float, smoothing: tuple[float, ...] = SMOOTHING) -> dict[str, torch.Tensor]:
     from textmask import stabilize
     from textmask.postprocess import smooth_temporal
 
     out = {"per-frame": video.coarse}
-    for s in SMOOTHING:
+    for s in smoothing:
         out[f"moving average {s}"] = smooth_temporal(video.coarse, s)[0]
     out[f"stabilize {strength}"] = stabilize(video.frames, video.coarse, strength=strength)
     return out
@@ -367,9 +385,16 @@ def time_per_frame(size: int, frames: int, repeats: int) -> dict[str, float]:
         run = Tracker()
         for t in range(frames):
             run.update(coarse[t : t + 1])
+        run.finish()
+
+    def trk_images() -> None:
+        run = Tracker()
+        for t in range(frames):
+            run.update(coarse[t : t + 1], images[t : t + 1])
+        run.finish()
 
     rows = {"session.mask (random-full, float32, 1 prompt)": masks, "stabilize (DIS flow + warp)": stab,
-            "track": trk}  # fmt: skip
+            "track": trk, "track with the frames": trk_images}  # fmt: skip
     return _quality().best_seconds(rows, repeats, frames)
 
 
@@ -430,6 +455,24 @@ def save_tracks(path: Path, video: Video, found: list[Any], times: list[int]) ->
 
 
 # ---------------------------------------------------------------------------------------------- main
+def mask_table(
+    title: str, rows: dict[str, list[tuple[float, float]]]
+) -> tuple[dict[str, tuple[float, float]], float, float]:
+    """Print the mean IoU and flicker of each method (``rows``: per video ``(IoU, flicker)``) against the
+    per-frame masks'; returns the means per method and the per-frame IoU and flicker."""
+    print(f"\n{title:33s} IoU@0.5 ↑   flicker ↓   flicker / per-frame")
+    base_iou = float(np.mean([v[0] for v in rows["per-frame"]]))
+    base_flicker = float(np.mean([v[1] for v in rows["per-frame"]]))
+    summary = {}
+    for name, values in rows.items():
+        iou_value, flick = float(np.mean([v[0] for v in values])), float(np.mean([v[1] for v in values]))
+        summary[name] = (iou_value, flick)
+        both = iou_value >= base_iou and flick <= 0.5 * base_flicker
+        print(f"  {name:28s} {iou_value:9.4f}   {flick:9.5f}   {flick / base_flicker:6.3f}"
+              f"{'   both targets' if both else ''}")  # fmt: skip
+    return summary, base_iou, base_flicker
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import os
@@ -445,6 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=384)
     parser.add_argument("--jitter", type=float, default=0.5, help="logit noise per patch and frame")
     parser.add_argument("--strength", type=float, default=None, help="stabilize strength [default: textmask's]")
+    parser.add_argument("--fast-videos", type=int, default=4, help="videos of the fast-motion set (0: none)")
+    parser.add_argument("--fast-frames", type=int, default=40)
+    parser.add_argument("--fast-speeds", default="6,14", help="px per frame at 384² of the fast-motion set")
     parser.add_argument("--no-timing", action="store_true")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--pictures", metavar="DIR", help="write a frame grid and a tracks picture there")
@@ -475,16 +521,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.videos} videos × {args.frames} frames at {args.size}², seed {args.seed}, jitter {args.jitter}, "
           f"{sum(v.objects for v in videos)} objects ({time.perf_counter() - started:.0f} s)")  # fmt: skip
 
-    print("\nmasks (means over videos)       IoU@0.5 ↑   flicker ↓   flicker / per-frame")
-    base_iou = float(np.mean([v[0] for v in mask_rows["per-frame"]]))
-    base_flicker = float(np.mean([v[1] for v in mask_rows["per-frame"]]))
-    summary = {}
-    for name, values in mask_rows.items():
-        iou_value, flick = float(np.mean([v[0] for v in values])), float(np.mean([v[1] for v in values]))
-        summary[name] = (iou_value, flick)
-        both = iou_value >= base_iou and flick <= 0.5 * base_flicker
-        print(f"  {name:28s} {iou_value:9.4f}   {flick:9.5f}   {flick / base_flicker:6.3f}"
-              f"{'   both targets' if both else ''}")  # fmt: skip
+    summary, base_iou, base_flicker = mask_table("masks (means over videos)", mask_rows)
+    fast_rows: dict[str, list[tuple[float, float]]] = {}
+    if args.fast_videos:
+        low, high = (float(v) for v in args.fast_speeds.split(","))
+        for index in range(args.fast_videos):
+            video = make_video(args.seed, index, args.fast_frames, args.size, args.jitter, speeds=(low, high))
+            truth = torch.from_numpy(video.truth)
+            for name, pred in mask_methods(video, strength, FAST_SMOOTHING).items():
+                fast_rows.setdefault(name, []).append((mean_iou(pred, truth), flicker(pred, video)))
+        fast = mask_table(
+            f"fast motion, {low:g}–{high:g} px per frame ({args.fast_videos} videos × {args.fast_frames} frames)",
+            fast_rows,
+        )
     for kind, rows in id_rows.items():
         print(f"\ninstances on {kind}        IDF1 ↑   switches / 100 object-frames ↓   (switches, object-frames)")
         for name, scores in rows.items():
@@ -510,6 +559,16 @@ def main(argv: list[str] | None = None) -> int:
             summary[f"moving average {s}"][0] >= base_iou and summary[f"moving average {s}"][1] <= 0.5 * base_flicker
             for s in SMOOTHING)),
     ]  # fmt: skip
+    if fast_rows:
+        table, fast_iou, fast_flicker = fast
+        stab = table[f"stabilize {strength}"]
+        checks += [
+            ("fast motion: stabilize flicker ≤ 0.5× per-frame", stab[1] <= 0.5 * fast_flicker),
+            ("fast motion: stabilize IoU ≥ per-frame", stab[0] >= fast_iou),
+            ("fast motion: no moving average meets both", not any(
+                table[f"moving average {s}"][0] >= fast_iou and table[f"moving average {s}"][1] <= 0.5 * fast_flicker
+                for s in FAST_SMOOTHING)),
+        ]  # fmt: skip
     for what, met in checks:
         print(f"  {what:66s} [{'met' if met else 'missed'}]")
 

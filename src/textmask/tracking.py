@@ -12,7 +12,11 @@ Per frame:
 3. **Splitting merged blobs**: objects that touch or overlap make one component in a single prompt's mask. A
    component claimed by several predictions (each covers it by ``claim`` of its own area), and large enough to
    hold them (``merge_ratio`` of their summed areas; less means one hides the other), is split: each pixel goes
-   to the prediction it lies deepest in (signed distance to each predicted mask).
+   to the prediction it lies deepest in (signed distance to each predicted mask). With ``images``, a pixel
+   within ``colour_reach`` of several predictions goes instead to the object whose colours it is nearest to
+   (each object's colours as last seen alone; distances averaged over a 15 px window): the object in front
+   keeps its whole shape, and one that comes out from behind it is told apart. A cut piece's centroid moves with
+   the cut, so an object's velocity is held while it is a piece of a shared blob.
 4. **Matching**: the IoU of every prediction with every detection (for a track lost a while, also a score from
    the distance of the centroids, so that an object that passed behind another is found again), times an
    appearance term (mean colour) when ``images`` are given; solved as an assignment
@@ -20,9 +24,15 @@ Per frame:
    broke in two) joins that object.
 5. **Bookkeeping**: unmatched detections start new tracks (new ids, counting from 1); unmatched tracks are kept
    for ``window`` frames and come back under their id if matched again within it.
+6. **Looking back** (``retro``): when an object comes out of a blob that a track held (a new track born from
+   it), the earlier frames' blob is split between the two as well, each with its mask of that frame moved back
+   along its motion, for as long as both claim the blob: two objects that touched from their first frame get
+   their own ids from it. The split is done once the new object's motion is known (``settle`` frames), and
+   reaches back up to ``retro`` frames: :meth:`Tracker.update` gives its frames out ``retro`` frames late, and
+   :meth:`Tracker.finish` the rest.
 
-Everything is sequential in time, so a video tracked chunk by chunk (:class:`Tracker`) gives exactly what the
-same video tracked in one piece gives.
+Everything is sequential in time, so a video tracked chunk by chunk (:class:`Tracker`, then ``finish()``) gives
+exactly what the same video tracked in one piece gives.
 """
 
 from __future__ import annotations
@@ -37,9 +47,14 @@ import torch
 from .components import Instances
 from .errors import InputError
 
-__all__ = ["DEFAULT_WINDOW", "Tracker", "describe_tracks", "track", "track_ids", "track_masks"]
+__all__ = ["DEFAULT_RETRO", "DEFAULT_WINDOW", "Tracker", "describe_tracks", "track", "track_ids", "track_masks"]
 
+DEFAULT_RETRO = 30  # frames given out late, so that a blob's split can reach back to them
 DEFAULT_WINDOW = 30  # frames a lost track waits to be found again (~1 s of video)
+_PALETTE = 256  # colours kept per object
+_TEXTURE_WINDOW = 15  # px: colour distances are compared over windows this wide
+_COLOUR_RATIO = 0.5  # colours decide a pixel where the nearest object is at most this fraction of the next
+DEFAULT_COLOUR_REACH = 0.3  # × an object's size (√area): how far from its prediction its colours are looked for
 DEFAULT_MIN_FRACTION = 1e-3  # components under 0.1 % of the frame are noise, not objects to track
 
 
@@ -59,6 +74,7 @@ class _Track:
     vx: float = 0.0
     hits: int = 1
     colour: np.ndarray | None = None
+    palette: np.ndarray | None = None  # float32 [n, 3]: colours of its pixels when last seen alone
 
 
 @dataclass
@@ -67,6 +83,17 @@ class _Frame:
 
     labels: np.ndarray  # int32 [H, W]
     areas: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
+
+
+@dataclass
+class _Pending:
+    """A frame tracked but not given out yet: its mask, component labels and ``(id, label)`` objects."""
+
+    t: int
+    mask: np.ndarray
+    labels: np.ndarray
+    objects: list[tuple[int, int]]
+    device: torch.device
 
 
 def _as_masks(masks: Any, name: str = "masks") -> torch.Tensor:
@@ -142,8 +169,14 @@ class Tracker:
             inside the track's prediction, joins that detection; a larger one is a new object.
         motion: predict with constant velocity (False: where the object was last seen).
         split: split blobs claimed by several tracks (False: a blob is one object).
+        colour_reach: with images, how far (× an object's size, √area) from its predicted mask a blob's pixels
+            are given by colour rather than by position; None: by position only.
+        retro: frames a split may reach back (the frames :meth:`update` holds back); 0: none, every frame is
+            given out at once.
+        settle: frames a new object is followed before the split reaches back (to know its motion).
 
-    Call :meth:`update` with consecutive chunks; the results equal :func:`track` of the whole video.
+    Call :meth:`update` with consecutive chunks, then :meth:`finish`; the results equal :func:`track` of the
+    whole video.
     """
 
     def __init__(
@@ -160,6 +193,9 @@ class Tracker:
         fragment: float = 0.3,
         motion: bool = True,
         split: bool = True,
+        colour_reach: float | None = DEFAULT_COLOUR_REACH,
+        retro: int = DEFAULT_RETRO,
+        settle: int = 3,
     ) -> None:
         if not 0.0 <= float(threshold) < 1.0:
             raise ValueError(f"threshold: must be in [0, 1), got {threshold}")
@@ -181,11 +217,21 @@ class Tracker:
         self.momentum, self.min_score = float(momentum), float(min_score)
         self.appearance = None if appearance is None else float(appearance)
         self.motion, self.split, self.fragment = bool(motion), bool(split), float(fragment)
+        if colour_reach is not None and not float(colour_reach) > 0:
+            raise ValueError(f"colour_reach: must be > 0 (or None: split blobs by position only), got {colour_reach}")
+        self.colour_reach = None if colour_reach is None else float(colour_reach)
+        self._cut: set[int] = set()  # this frame's labels cut from a shared blob
+        if int(retro) < 0 or int(settle) < 1:
+            raise ValueError(f"retro / settle: must be ≥ 0 and ≥ 1 frames, got {retro}, {settle}")
+        self.retro, self.settle = int(retro), int(settle)
+        self._pending: list[_Pending] = []  # frames not given out yet (the last ``retro``)
+        self._births: list[tuple[int, _Track, _Track]] = []  # (frame, new track, the track it came out of)
         self.frame = 0  # frames seen so far
         self.size: tuple[int, int] | None = None
         self._tracks: list[_Track] = []
         self._next_id = 1
         self._grid: tuple[np.ndarray, np.ndarray] | None = None  # pixel rows and columns, flattened
+        self._smooth: np.ndarray | None = None  # this frame's local mean colours [H, W, 3], with images
 
     @property
     def live_ids(self) -> list[int]:
@@ -193,7 +239,8 @@ class Tracker:
         return sorted(t.id for t in self._tracks)
 
     def update(self, masks: Any, images: Any = None) -> list[Instances]:
-        """Track the next frames.
+        """Track the next frames; give out those no later split can change any more (all but the last
+        ``retro`` frames seen so far, in order).
 
         Args:
             masks: ``[B, H, W]`` float in [0, 1] (uint8 read as /255, bool as 0/1): one prompt's masks of the
@@ -201,8 +248,8 @@ class Tracker:
             images: optional ``[B, H, W, C]`` frames (float in [0, 1] or uint8) for the appearance term.
 
         Returns:
-            B :class:`~textmask.components.Instances` (on the masks' device), objects in id order, with
-            ``ids`` ``[K]`` int64.
+            :class:`~textmask.components.Instances` (on the masks' device) of the frames given out now (B of
+            them when ``retro`` is 0), objects in id order, with ``ids`` ``[K]`` int64.
         """
         masks = _as_masks(masks)
         count, height, width = masks.shape
@@ -218,11 +265,11 @@ class Tracker:
         values = masks.detach().cpu().numpy()
         found = []
         for index in range(count):
-            found.append(self._step(values[index], None if frames is None else frames[index], masks.device))
+            found += self._step(values[index], None if frames is None else frames[index], masks.device)
         return found
 
     # --------------------------------------------------------------------------------------------- steps
-    def _step(self, mask: np.ndarray, image: np.ndarray | None, device: torch.device) -> Instances:
+    def _step(self, mask: np.ndarray, image: np.ndarray | None, device: torch.device) -> list[Instances]:
         from scipy import ndimage
         from scipy.optimize import linear_sum_assignment
 
@@ -231,6 +278,11 @@ class Tracker:
         self.frame += 1
         self._tracks = [tr for tr in self._tracks if t - tr.last <= self.window]
 
+        smooth = None
+        self._cut = set()
+        if image is not None and self.colour_reach is not None:
+            smooth = ndimage.uniform_filter(image[..., :3].astype(np.float32) / 255.0, size=(5, 5, 1))
+        self._smooth = smooth
         structure = np.ones((3, 3), dtype=bool)
         labels, count = ndimage.label(mask > self.threshold, structure=structure)
         smallest = max(self.min_area, math.ceil(self.min_fraction * height * width), 1)
@@ -244,7 +296,7 @@ class Tracker:
 
         overlap = self._overlaps(labels, count, predictions)
         if self.split:
-            labels, count = self._split(labels, count, predictions, overlap, smallest)
+            labels, count = self._split(labels, count, predictions, overlap, smallest, live, smooth)
             overlap = self._overlaps(labels, count, predictions)
         areas = np.bincount(labels.ravel(), minlength=count + 1).astype(np.int64)
         present = np.flatnonzero(areas[1:] > 0) + 1  # components left after dropping specks
@@ -281,9 +333,85 @@ class Tracker:
                 self._observe(tr, labels, label, stats, t)
             else:
                 tr = self._start(labels, label, stats, t)
+                k = int(np.argmax(overlap[:, label])) if len(live) else -1
+                if self.retro and k in owner_of and overlap[k, label] >= 0.5 * areas[label]:
+                    self._births.append((t, tr, live[k]))  # came out of a blob that track k held
             objects.append((tr.id, label))
         objects.sort()
-        return self._instances(mask, labels, objects, device)
+        if labels.size and labels.max() < np.iinfo(np.uint16).max - len(self._tracks) - 1:
+            labels = labels.astype(np.uint16)  # held up to `retro` frames: half the memory
+        self._pending.append(_Pending(t, mask, labels, objects, device))
+        self._retro_split(t)
+        return self._emit(self.retro)
+
+    # ------------------------------------------------------------------------------------- retro split
+    def _retro_split(self, t: int) -> None:
+        """Births ``settle`` frames old (their motion known): split the earlier frames' blob their parent held
+        between the two, each with its mask of the birth frame moved back along its motion, for as long as
+        both claim the blob."""
+        settle = min(self.settle, self.retro)
+        keep = []
+        for born, child, parent in self._births:
+            if t - born < settle:
+                keep.append((born, child, parent))
+                continue
+            self._split_back(born, child, parent)
+        self._births = keep
+
+    def _split_back(self, born: int, child: _Track, parent: _Track) -> None:
+        from scipy import ndimage
+
+        frames = {p.t: p for p in self._pending}
+        if born not in frames:
+            return
+        at = frames[born]
+        masks = {}
+        for tr in (child, parent):
+            labels = [label for i, label in at.objects if i == tr.id]
+            if not labels:
+                return
+            masks[tr.id] = at.labels == labels[0]
+        height, width = at.labels.shape
+        for s in range(born - 1, born - 1 - self.retro, -1):
+            if s not in frames:
+                break
+            item = frames[s]
+            held = [label for i, label in item.objects if i == parent.id]
+            if not held or any(i == child.id for i, _ in item.objects):
+                break
+            member = item.labels == held[0]
+            depth = []
+            for tr in (parent, child):
+                dy, dx = round(tr.vy * (s - born)), round(tr.vx * (s - born))
+                moved = np.zeros((height, width), dtype=bool)
+                fy, fx, cy, cx = _window(dy, dx, height, width, height, width)
+                moved[fy, fx] = masks[tr.id][cy, cx]
+                inside = (moved & member).sum()
+                if inside < self.claim * max(int(moved.sum()), 1):
+                    return  # this one does not claim the blob any more: they were apart, or one hid
+                depth.append(ndimage.distance_transform_edt(~moved) - ndimage.distance_transform_edt(moved))
+            piece = member & (depth[1] < depth[0])
+            if piece.sum() < 1 or (member & ~piece).sum() < 1:
+                return
+            label = int(item.labels.max()) + 1
+            item.labels[piece] = label
+            item.objects = sorted([*item.objects, (child.id, label)])
+
+    def _emit(self, keep: int) -> list[Instances]:
+        """Instances of the pending frames but the last ``keep`` (which a later retro split may still change)."""
+        out = []
+        while len(self._pending) > keep:
+            item = self._pending.pop(0)
+            out.append(self._instances(item.mask, item.labels, item.objects, item.device))
+        return out
+
+    def finish(self) -> list[Instances]:
+        """The frames still held back (with ``retro``: the last ``retro`` frames); call after the last
+        :meth:`update`. Without ``retro``, ``[]``."""
+        for born, child, parent in self._births:
+            self._split_back(born, child, parent)
+        self._births = []
+        return self._emit(0)
 
     def _overlaps(self, labels: np.ndarray, count: int, predictions: list[tuple[np.ndarray, int, int]]) -> np.ndarray:
         """``[N, count + 1]`` pixels of each prediction on each component (column 0: outside every component)."""
@@ -302,6 +430,8 @@ class Tracker:
         predictions: list[tuple[np.ndarray, int, int]],
         overlap: np.ndarray,
         smallest: int,
+        live: list[_Track] | None = None,
+        smooth: np.ndarray | None = None,
     ) -> tuple[np.ndarray, int]:
         """Split components claimed by several predictions (see the module docstring); returns new labels."""
         from scipy import ndimage
@@ -326,6 +456,9 @@ class Tracker:
             region = labels[y0:y1, x0:x1]
             member = region == label
             depth = np.empty((len(claimants), *member.shape), dtype=np.float32)
+            textured = smooth is not None and live is not None and self.colour_reach is not None
+            if textured:
+                unlike = np.full((len(claimants), *member.shape), np.inf, dtype=np.float32)
             for i, k in enumerate(claimants):
                 crop, top, left = predictions[k]
                 canvas = np.zeros(member.shape, dtype=bool)
@@ -336,15 +469,43 @@ class Tracker:
                     continue
                 # signed distance: negative inside the predicted mask (deeper is more negative)
                 depth[i] = ndimage.distance_transform_edt(~canvas) - ndimage.distance_transform_edt(canvas)
+                palette = live[k].palette if textured else None
+                if palette is not None:
+                    # near its prediction: how far each pixel's colour is from the nearest colour the object had
+                    # when last seen alone
+                    near = member & (depth[i] < self.colour_reach * math.sqrt(predicted_area[k]))
+                    here = smooth[y0:y1, x0:x1][near]
+                    d2 = ((here[:, None, :] - palette[None, :, :]) ** 2).sum(-1).min(1)
+                    unlike[i][near] = d2
             nearest = np.argmin(depth, axis=0)
+            if textured:
+                # where several objects may be, the pixel goes to the one whose colours it has (the object in
+                # front is seen there, not the one it hides; one that comes out from behind is told apart)
+                shared = np.isfinite(unlike).sum(0) >= 2
+                # pixel colours are noisy: compare the mean distances over a window (of the pixels where each
+                # object is looked for)
+                valid = np.isfinite(unlike)
+                window = (1, _TEXTURE_WINDOW, _TEXTURE_WINDOW)
+                total = ndimage.uniform_filter(np.where(valid, unlike, 0.0), size=window)
+                weight = ndimage.uniform_filter(valid.astype(np.float32), size=window)
+                mean = np.where(valid, total / np.maximum(weight, 1e-6), np.inf)
+                best = np.argmin(mean, axis=0)
+                # only where the colours decide: the nearest object clearly nearer than the next (objects of
+                # like colours are split by position)
+                ranked = np.sort(mean, axis=0)
+                clear = ranked[0] < _COLOUR_RATIO * ranked[1]
+                pick = shared & clear
+                nearest[pick] = best[pick]
             pieces = []
             for i in range(1, len(claimants)):
                 piece = member & (nearest == i)
                 if piece.sum() >= smallest:
                     pieces.append(piece)
+            self._cut.add(label)
             for piece in pieces:  # piece 0 keeps the component's label
                 count += 1
                 region[piece] = count
+                self._cut.add(count)
         return labels, count
 
     def _stats(self, labels: np.ndarray, count: int, image: np.ndarray | None) -> dict[str, np.ndarray]:
@@ -414,6 +575,17 @@ class Tracker:
             scores = scores * np.where(np.isnan(term), 1.0, term)
         return scores
 
+    def _palette(self, crop: np.ndarray, top: int, left: int) -> np.ndarray | None:
+        """Up to ``_PALETTE`` colours of the object's pixels (the frame's local means), evenly drawn."""
+        if self._smooth is None:
+            return None
+        h, w = crop.shape
+        colours = self._smooth[top : top + h, left : left + w][crop]
+        if not len(colours):
+            return None
+        step = max(1, len(colours) // _PALETTE)
+        return colours[::step].copy()
+
     def _crop(self, labels: np.ndarray, label: int) -> tuple[np.ndarray, int, int]:
         rows = np.flatnonzero((labels == label).any(1))
         cols = np.flatnonzero((labels == label).any(0))
@@ -425,6 +597,7 @@ class Tracker:
         colour = stats["colour"][label].copy() if "colour" in stats else None
         tr = _Track(self._next_id, crop, top, left, stats["cy"][label], stats["cx"][label], int(crop.sum()), t,
                     colour=colour)  # fmt: skip
+        tr.palette = self._palette(crop, top, left)
         self._next_id += 1
         self._tracks.append(tr)
         return tr
@@ -433,7 +606,9 @@ class Tracker:
         gap = max(1, t - tr.last)
         cy, cx = float(stats["cy"][label]), float(stats["cx"][label])
         step_y, step_x = (cy - tr.cy) / gap, (cx - tr.cx) / gap
-        if tr.hits == 1:
+        if label in self._cut and tr.hits > 1 and self._smooth is not None:
+            pass  # a piece cut from a shared blob by colour: its centroid moves with the cut, not the object
+        elif tr.hits == 1:
             tr.vy, tr.vx = step_y, step_x
         else:
             tr.vy = self.momentum * tr.vy + (1 - self.momentum) * step_y
@@ -442,6 +617,8 @@ class Tracker:
             tr.vy = tr.vx = 0.0
         tr.crop, tr.top, tr.left = self._crop(labels, label)
         tr.cy, tr.cx, tr.area, tr.last = cy, cx, int(tr.crop.sum()), t
+        if label not in self._cut:
+            tr.palette = self._palette(tr.crop, tr.top, tr.left)
         tr.hits += 1
         if "colour" in stats:
             new = stats["colour"][label]
@@ -492,7 +669,8 @@ def track(
         threshold: object pixels are ``mask > threshold``; in [0, 1).
         min_area: objects with fewer pixels are ignored (and those under ``min_fraction`` of the frame,
             0.1 % by default).
-        options: the other :class:`Tracker` settings (``window``, ``claim``, ``merge_ratio``, ...).
+        options: the other :class:`Tracker` settings (``window``, ``retro``, ``colour_reach``, ``claim``,
+            ``merge_ratio``, ...).
 
     Returns:
         T :class:`~textmask.components.Instances`, objects in id order; ``ids`` ``[K]`` int64 (from 1) name the
@@ -501,7 +679,8 @@ def track(
     Raises:
         InputError: ``masks`` is not ``[T, H, W]``, or ``images`` do not match it.
     """
-    return Tracker(threshold=threshold, min_area=min_area, **options).update(masks, images)
+    tracker = Tracker(threshold=threshold, min_area=min_area, **options)
+    return tracker.update(masks, images) + tracker.finish()
 
 
 def track_ids(found: list[Instances]) -> list[int]:

@@ -271,6 +271,7 @@ class _TrackWriter:
         self.paths: list[str] = []
         self.frames: list[dict[str, Any]] = []
         self.stamps: list[Any] = []
+        self.waiting: list[Any] = []  # stamps of the frames the tracker holds back (its retro split)
         # entered first, so renamed last: a tracks JSON on disk means its track videos are complete
         self.json_path = stack.enter_context(atomic_path(output.path))
 
@@ -290,12 +291,19 @@ class _TrackWriter:
 
     def write(self, frames: Any, masks: Any, stamps: Sequence[Any]) -> None:
         """The next chunk: frames ``[B, H, W, 3]`` uint8 and this target's masks ``[B, H, W]``."""
+        self.waiting.extend(stamps)
+        self._write(self.tracker.update(masks, frames), masks.shape[-2:])
+
+    def _write(self, found: list[Any], size: Any) -> None:
+        """The tracker's next frames (it gives them out a few frames late: see ``Tracker.retro``)."""
         import torch
 
         from ..postprocess import mask_levels
         from ..tracking import describe_tracks
 
-        found = self.tracker.update(masks, frames)
+        if not found:
+            return
+        stamps, self.waiting = self.waiting[: len(found)], self.waiting[len(found) :]
         described = describe_tracks(found, first_frame=len(self.frames))
         if self.settings.rle:
             _add_rle(described, found)
@@ -306,12 +314,12 @@ class _TrackWriter:
                     key = (int(track_id), form)
                     if key not in self.writers:
                         self.writers[key] = writer = self._open(*key)
-                        blank = mask_levels(torch.zeros((1, *masks.shape[-2:])), self._bits(form))
+                        blank = mask_levels(torch.zeros((1, *size)), self._bits(form))
                         for stamp in self.stamps:  # the frames before it appeared: black
                             writer.write(blank, [stamp])
         self.stamps.extend(stamps)
         for (track_id, form), writer in self.writers.items():
-            chunk = torch.zeros(masks.shape, dtype=torch.float32)
+            chunk = torch.zeros((len(found), *size), dtype=torch.float32)
             for t, item in enumerate(found):
                 hit = (item.ids == track_id).nonzero().flatten()
                 if len(hit):
@@ -324,6 +332,8 @@ class _TrackWriter:
     def close(self, source: str) -> list[str]:
         import json
 
+        if self.tracker.size is not None:
+            self._write(self.tracker.finish(), self.tracker.size)
         for writer in self.writers.values():
             writer.close()
         height, width = self.info.height, self.info.width
