@@ -156,10 +156,29 @@ def _reciprocal_counts(size: int, radius: int, device: torch.device, dtype: torc
     return (1.0 / counts.to(torch.float64)).to(dtype)
 
 
+_ROW_BLOCK = 32  # rows per block of the blocked running sum down the columns
+
+
+def _cumsum_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x.cumsum(-2)`` for ``x [..., h, w]``, in blocks of rows: a product with a lower-triangular matrix within
+    each block, plus the running sum of the blocks' totals. torch's cumsum down a non-last dimension is 2.5×
+    slower on the CPU than this (and than its cumsum along rows), and the box filters need it for every map."""
+    h = x.shape[-2]
+    if h < 2 * _ROW_BLOCK or not x.is_floating_point():
+        return x.cumsum(-2)
+    padded = -(-h // _ROW_BLOCK) * _ROW_BLOCK
+    blocks = F.pad(x, (0, 0, 0, padded - h)).unflatten(-2, (padded // _ROW_BLOCK, _ROW_BLOCK))
+    lower = torch.ones(_ROW_BLOCK, _ROW_BLOCK, device=x.device, dtype=x.dtype).tril_()
+    within = torch.matmul(lower, blocks)  # [..., blocks, rows, w]
+    totals = within[..., -1:, :]
+    within += totals.cumsum(-3) - totals
+    return within.flatten(-3, -2)[..., :h, :]
+
+
 def _box_axis(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
     """Sums of ``x`` over windows ``[i - radius, i + radius]`` along ``dim``, cut at the borders."""
     size = x.shape[dim]
-    sums = x.cumsum(dim)
+    sums = _cumsum_rows(x) if dim in (-2, x.dim() - 2) else x.cumsum(dim)
     if size <= 2 * radius + 1:  # every window reaches a border (small maps): gather the two ends
         index = torch.arange(size, device=x.device)
         upper = sums.index_select(dim, (index + radius).clamp(max=size - 1))

@@ -44,6 +44,7 @@ __all__ = ["Matte", "foreground", "matte", "matte_levels"]
 
 _WORK = 512  # working resolution: pixels on the longer side
 _CHUNK_PIXELS = 2 * 1024 * 1024  # images per chunk: about this many pixels (bounded memory)
+_BAND_PIXELS = 1024 * 1024  # rows per band of the full-resolution foreground pass: about this many pixels
 _SURE = 0.08  # crisp alpha above 1 − this (below this) is sure foreground (background) for the colour model
 _CONTRAST = 0.02  # squared colour contrast |F − B|² at which the colour model is trusted half
 _BLUR_FROM, _BLUR_SPAN = 0.0165, 0.008  # edge blur (σ / longer side) from which alpha leans towards the coarse
@@ -142,7 +143,7 @@ def _soft_weight(guide: torch.Tensor, crisp: torch.Tensor, coverage: torch.Tenso
     band = F.max_pool2d(band, 5, stride=1, padding=2)
     r = max(2, round(0.03 * longer))
     sums = _box(torch.cat([across * band, slope * band], 1), r, r)
-    contrast = sums[:, :3].norm(dim=1, keepdim=True)
+    contrast = (sums[:, :3] * sums[:, :3]).sum(1, keepdim=True).sqrt()  # (norm(dim=1) is 20x slower here)
     along = (sums[:, 3:] * sums[:, :3]).sum(1, keepdim=True) / contrast.clamp(min=1e-6)
     ratio = (along / contrast.clamp(min=1e-6)).clamp(min=1e-3)
     total = _edge_width(ratio, reach)
@@ -175,15 +176,16 @@ def _alpha_chunk(levels: torch.Tensor, masks: torch.Tensor, grid: tuple[int, int
     radius = max(2, round(0.01 * longer / factor))
     sure_fg = (crisp_small > 1 - _SURE).to(image.dtype)
     sure_bg = (crisp_small < _SURE).to(image.dtype)
-    fg = _fill(image_small, sure_fg, radius)
     bg = _fill(image_small, sure_bg, radius)
+    difference = _fill(image_small, sure_fg, radius) - bg  # F̂ − B̂ (upsampled as one: interpolation is linear)
     if factor > 1:
-        fg = F.interpolate(fg, size=(height, width), mode="bilinear", align_corners=False)
+        difference = F.interpolate(difference, size=(height, width), mode="bilinear", align_corners=False)
         bg = F.interpolate(bg, size=(height, width), mode="bilinear", align_corners=False)
-    difference = fg - bg
-    contrast = (difference * difference).sum(1, keepdim=True)
-    projected = (((image - bg) * difference).sum(1, keepdim=True) / contrast.clamp(min=1e-4)).clamp_(0, 1)
-    del fg, bg, difference
+    contrast = difference.square().sum(1, keepdim=True)
+    offset = image - bg
+    del bg
+    projected = (offset.mul_(difference).sum(1, keepdim=True) / contrast.clamp(min=1e-4)).clamp_(0, 1)
+    del offset, difference
     band = ((crisp > _SURE) & (crisp < 1 - _SURE)).to(image.dtype)
     trust = contrast / (contrast + _CONTRAST) * band
     modelled = torch.lerp(crisp, projected, trust)
@@ -236,10 +238,20 @@ def _foreground_chunk(image: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     wide = max(1, round(_FUSION[0] * max(work)))
     first, blurred_bg = _fusion(small_image, small_image, small_image, small_alpha, wide)
     up = F.interpolate(torch.cat([first, blurred_bg], 1), size=(height, width), mode="bilinear", align_corners=False)
-    first = up[:, :3] + alpha * (image - alpha * up[:, :3] - (1 - alpha) * up[:, 3:])  # full-resolution detail
     narrow = max(1, round(_FUSION[1] * longer))
-    out, _ = _fusion(image, first.clamp_(0, 1), up[:, 3:], alpha, narrow)
-    return torch.where(alpha >= 1, image, out)
+    out = torch.empty_like(image)
+    # The full-resolution pass in bands of rows (with a halo of the box's radius, so each band's rows are what the
+    # whole image would give): its temporaries then take a band's memory, not the image's.
+    rows = max(1, _BAND_PIXELS // max(1, width * image.shape[0]))
+    for y0 in range(0, height, rows):
+        y1 = min(height, y0 + rows)
+        h0, h1 = max(0, y0 - narrow), min(height, y1 + narrow)
+        img, a, u = image[:, :, h0:h1], alpha[:, :, h0:h1], up[:, :, h0:h1]
+        detail = (u[:, :3] + a * (img - a * u[:, :3] - (1 - a) * u[:, 3:])).clamp_(0, 1)  # full-resolution detail
+        band, _ = _fusion(img, detail, u[:, 3:], a, narrow)
+        keep = slice(y0 - h0, y1 - h0)
+        out[:, :, y0:y1] = torch.where(a[:, :, keep] >= 1, img[:, :, keep], band[:, :, keep])
+    return out
 
 
 # ------------------------------------------------------------------------------------------ inputs
