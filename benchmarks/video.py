@@ -357,6 +357,8 @@ def track_methods(video: Video, masks: torch.Tensor, smallest: int) -> dict[str,
                                                          split=False),
         "track": track(masks, min_area=smallest, min_fraction=0),
         "track + images": track(masks, video.frames, min_area=smallest, min_fraction=0),
+        "track + images, appearance split 5": track(masks, video.frames, min_area=smallest, min_fraction=0,
+                                                    appearance_split=5),
     }  # fmt: skip
 
 
@@ -393,8 +395,15 @@ def time_per_frame(size: int, frames: int, repeats: int) -> dict[str, float]:
             run.update(coarse[t : t + 1], images[t : t + 1])
         run.finish()
 
+    def trk_parts() -> None:
+        run = Tracker(appearance_split=5)
+        for t in range(frames):
+            run.update(coarse[t : t + 1], images[t : t + 1])
+        run.finish()
+
     rows = {"session.mask (random-full, float32, 1 prompt)": masks, "stabilize (DIS flow + warp)": stab,
-            "track": trk, "track with the frames": trk_images}  # fmt: skip
+            "track": trk, "track with the frames": trk_images,
+            "track with the frames, appearance split 5": trk_parts}  # fmt: skip
     return _quality().best_seconds(rows, repeats, frames)
 
 

@@ -375,3 +375,70 @@ def test_flicker_is_zero_for_the_truth_and_positive_for_noise() -> None:
     truth = torch.from_numpy(video.truth)
     assert bench.flicker(truth, video) == pytest.approx(0.0, abs=1e-6)
     assert bench.flicker(video.coarse, video) > 0.01
+
+
+def _textured(where: torch.Tensor, colour: tuple[float, float, float], generator: torch.Generator) -> torch.Tensor:
+    return torch.tensor(colour) + 0.12 * torch.rand(int(where.sum()), 3, generator=generator)
+
+
+def _sharing(frames: int = 30, height: int = 80, width: int = 160) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """A red disc and a blue one in one blob from the first frame to the last, the blue one in front and
+    slower (they slide against each other but never part): masks, frames and per frame the visible masks."""
+    generator = torch.Generator().manual_seed(1)
+    masks = torch.zeros(frames, height, width)
+    images = 0.5 + 0.05 * torch.rand(frames, height, width, 3, generator=generator)
+    visible = []
+    for t in range(frames):
+        behind = _disc(height, width, 28, 30 + 2 * t, 18) > 0
+        front = _disc(height, width, 50, round(52 + 0.5 * t), 18) > 0
+        masks[t] = (behind | front).float()
+        images[t][behind] = _textured(behind, (0.8, 0.25, 0.2), generator)
+        images[t][front] = _textured(front, (0.15, 0.3, 0.8), generator)
+        visible.append((behind & ~front, front))
+    return masks, images.clamp(0, 1), visible
+
+
+def test_appearance_split_tells_two_objects_that_never_part() -> None:
+    masks, images, visible = _sharing()
+    # by default (and without it) one blob is one object all along
+    assert track_ids(track(masks, images)) == [1]
+    found = track(masks, images, appearance_split=5)
+    assert track_ids(found) == [1, 2]
+    # from the first frame where the two colour parts held (frame 1: the parts' steps need a frame before)
+    assert all(item.ids.tolist() == [1, 2] for item in found[1:]), [item.ids.tolist() for item in found]
+    for t in (1, 10, 29):
+        ious = []
+        for truth in visible[t]:
+            best = max(((found[t].labels == k + 1) & truth).sum() / ((found[t].labels == k + 1) | truth).sum()
+                       for k in range(2))  # fmt: skip
+            ious.append(float(best))
+        assert min(ious) > 0.8, (t, ious)
+    # chunk by chunk: the same
+    tracker = Tracker(appearance_split=5)
+    pieces = tracker.update(masks[:3], images[:3]) + tracker.update(masks[3:11], images[3:11])
+    pieces += tracker.update(masks[11:], images[11:]) + tracker.finish()
+    assert [p.ids.tolist() for p in pieces] == [f.ids.tolist() for f in found]
+    assert all(torch.equal(p.labels, f.labels) for p, f in zip(pieces, found))
+
+
+def test_appearance_split_keeps_one_object_of_two_colours() -> None:
+    """One disc, its left half red and its right half blue, moving alone: its two colour parts are large, each
+    in one piece and well apart in colour, for every frame, but they move as one, and that guard keeps it one
+    object."""
+    generator = torch.Generator().manual_seed(2)
+    frames, height, width = 30, 80, 160
+    masks = torch.zeros(frames, height, width)
+    images = 0.5 + 0.05 * torch.rand(frames, height, width, 3, generator=generator)
+    xx = torch.arange(width).view(1, -1).expand(height, width)
+    for t in range(frames):
+        x = 30 + 3 * t
+        disc = _disc(height, width, 40, x, 22) > 0
+        masks[t] = disc.float()
+        left, right = disc & (xx < x), disc & (xx >= x)
+        images[t][left] = _textured(left, (0.8, 0.25, 0.2), generator)
+        images[t][right] = _textured(right, (0.15, 0.3, 0.8), generator)
+    tracker = Tracker(appearance_split=5)
+    found = tracker.update(masks, images.clamp(0, 1))
+    assert len(tracker._tracks[0].parts) >= 5  # the colour guards held: only the motion one says no
+    found += tracker.finish()
+    assert track_ids(found) == [1] and all(len(item) == 1 for item in found)

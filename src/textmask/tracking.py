@@ -55,6 +55,14 @@ _PALETTE = 256  # colours kept per object
 _TEXTURE_WINDOW = 15  # px: colour distances are compared over windows this wide
 _COLOUR_RATIO = 0.5  # colours decide a pixel where the nearest object is at most this fraction of the next
 DEFAULT_COLOUR_REACH = 0.3  # × an object's size (√area): how far from its prediction its colours are looked for
+DEFAULT_APPEARANCE_SPLIT = 0  # off: frames a blob's two colour parts must hold before it is split (5 tried)
+_PART_SHARE = 0.25  # each colour part at least this share of the blob
+_PART_SEPARATION = 4.0  # the parts' colours: squared distance of the centres ≥ this × the mean spread
+_PART_WHOLE = 0.7  # each part mostly one piece: its largest component (after an opening) ≥ this share of it
+_PART_DRIFT = 0.5  # px per frame: the parts move against each other at least this fast (median steps)
+_PART_REACH = 8  # px: the parts' steps are looked for this far around the track's own step
+_PART_GAP = 3  # frames: the parts may be missed in up to this - 1 frames between two that hold
+_PART_SAMPLE = 1500  # pixels the colour clustering is fitted on
 DEFAULT_MIN_FRACTION = 1e-3  # components under 0.1 % of the frame are noise, not objects to track
 
 
@@ -75,6 +83,13 @@ class _Track:
     hits: int = 1
     colour: np.ndarray | None = None
     palette: np.ndarray | None = None  # float32 [n, 3]: colours of its pixels when last seen alone
+    # recent frames whose blob fell in the same two colour parts: (frame, part fraction, colour centres [2, 3],
+    # the parts' steps from the frame before [2, 2] (dy, dx), NaN when unknown, and the second part: a bool
+    # crop at (top, left))
+    parts: list[tuple[int, float, np.ndarray, np.ndarray, tuple[np.ndarray, int, int]]] = field(default_factory=list)
+    part_motion: np.ndarray | None = None  # [2, 2]: the two parts' velocities (vy, vx) when the blob is split
+    part_frames: list[tuple[int, np.ndarray, int, int]] = field(default_factory=list)  # the new part's earlier
+    # masks (frame, bool crop, top, left) when the blob is split
 
 
 @dataclass
@@ -126,6 +141,46 @@ def as_frames(images: Any, count: int, size: tuple[int, int], name: str = "image
     return levels.cpu().permute(0, 2, 3, 1).contiguous()
 
 
+def _two_colours(colours: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Two-means of ``colours`` ``[n, 3]`` (fitted on an even subsample): the centres ``[2, 3]`` and each colour's
+    part (bool ``[n]``, True: the second), or None when the two are not well apart (the squared distance of the
+    centres under ``_PART_SEPARATION`` × the mean squared distance of the colours to their centre)."""
+    sample = colours[:: max(1, len(colours) // _PART_SAMPLE)].astype(np.float64)
+    first = sample[np.argmax(((sample - sample.mean(0)) ** 2).sum(1))]
+    centres = np.stack([first, sample[np.argmax(((sample - first) ** 2).sum(1))]])
+    for _ in range(10):
+        side = ((sample - centres[1]) ** 2).sum(1) < ((sample - centres[0]) ** 2).sum(1)
+        if side.all() or not side.any():
+            return None
+        new = np.stack([sample[~side].mean(0), sample[side].mean(0)])
+        if np.allclose(new, centres, atol=1e-4):
+            break
+        centres = new
+    distances = ((colours[:, None, :] - centres[None].astype(np.float32)) ** 2).sum(-1)
+    side = distances[:, 1] < distances[:, 0]
+    if ((centres[0] - centres[1]) ** 2).sum() < _PART_SEPARATION * float(distances.min(1).mean()):
+        return None
+    return centres, side
+
+
+def _step_of(
+    before: np.ndarray, now: np.ndarray, ys: np.ndarray, xs: np.ndarray, centre: tuple[int, int]
+) -> np.ndarray:
+    """The whole-pixel step ``(dy, dx)`` (within ``_PART_REACH`` of ``centre``) that best brings the colours
+    ``before`` ``[H, W, 3]`` at ``(ys - dy, xs - dx)`` onto ``now`` at ``(ys, xs)`` (a subsample of them)."""
+    keep = slice(None, None, max(1, len(ys) // 400))
+    ys, xs = ys[keep], xs[keep]
+    height, width = now.shape[:2]
+    reach = np.arange(-_PART_REACH, _PART_REACH + 1)
+    dy = (centre[0] + reach)[:, None].repeat(len(reach), 1).ravel()
+    dx = (centre[1] + reach)[None, :].repeat(len(reach), 0).ravel()
+    yy = np.clip(ys[None] - dy[:, None], 0, height - 1)
+    xx = np.clip(xs[None] - dx[:, None], 0, width - 1)
+    cost = ((before[yy, xx] - now[ys, xs][None]) ** 2).sum((1, 2))
+    best = int(np.argmin(cost))
+    return np.array([dy[best], dx[best]], dtype=np.float64)
+
+
 def _shifted(track: _Track, gap: int, height: int, width: int) -> tuple[np.ndarray, int, int]:
     """The track's predicted crop and its top-left ``(top, left)`` after ``gap`` frames at constant velocity,
     kept overlapping the frame by at least one pixel (an object that left is looked for at the border)."""
@@ -174,6 +229,11 @@ class Tracker:
         retro: frames a split may reach back (the frames :meth:`update` holds back); 0: none, every frame is
             given out at once.
         settle: frames a new object is followed before the split reaches back (to know its motion).
+        appearance_split: with images, frames in a row a track's blob must fall in the same two parts of unlike
+            colours (each large and in one piece, moving against each other) before it is split in two objects,
+            the second one given its own id back to where the split held (with ``retro``); 0 (the default):
+            never. 5 lifts IDF1 where two objects share a blob in every frame (see docs/video.md), but a split
+            of parts that do not follow the objects costs elsewhere, so it is off unless asked for.
 
     Call :meth:`update` with consecutive chunks, then :meth:`finish`; the results equal :func:`track` of the
     whole video.
@@ -194,6 +254,7 @@ class Tracker:
         motion: bool = True,
         split: bool = True,
         colour_reach: float | None = DEFAULT_COLOUR_REACH,
+        appearance_split: int = DEFAULT_APPEARANCE_SPLIT,
         retro: int = DEFAULT_RETRO,
         settle: int = 3,
     ) -> None:
@@ -226,12 +287,17 @@ class Tracker:
         self.retro, self.settle = int(retro), int(settle)
         self._pending: list[_Pending] = []  # frames not given out yet (the last ``retro``)
         self._births: list[tuple[int, _Track, _Track]] = []  # (frame, new track, the track it came out of)
+        self._parts: set[int] = set()  # ids of tracks split from a blob by its colours (the appearance split)
         self.frame = 0  # frames seen so far
         self.size: tuple[int, int] | None = None
         self._tracks: list[_Track] = []
         self._next_id = 1
         self._grid: tuple[np.ndarray, np.ndarray] | None = None  # pixel rows and columns, flattened
         self._smooth: np.ndarray | None = None  # this frame's local mean colours [H, W, 3], with images
+        self._last_smooth: np.ndarray | None = None  # the frame before's
+        if int(appearance_split) < 0:
+            raise ValueError(f"appearance_split: must be ≥ 0 frames (0: never), got {appearance_split}")
+        self.appearance_split = int(appearance_split)
 
     @property
     def live_ids(self) -> list[int]:
@@ -282,7 +348,7 @@ class Tracker:
         self._cut = set()
         if image is not None and self.colour_reach is not None:
             smooth = ndimage.uniform_filter(image[..., :3].astype(np.float32) / 255.0, size=(5, 5, 1))
-        self._smooth = smooth
+        self._last_smooth, self._smooth = self._smooth, smooth
         structure = np.ones((3, 3), dtype=bool)
         labels, count = ndimage.label(mask > self.threshold, structure=structure)
         smallest = max(self.min_area, math.ceil(self.min_fraction * height * width), 1)
@@ -321,7 +387,20 @@ class Tracker:
                 labels[labels == label] = owner_of[k]
                 areas[owner_of[k]] += areas[label]
                 areas[label] = 0
-        if any(areas[label] == 0 for label in present):
+        born_here: dict[int, tuple[_Track, int]] = {}  # part label → the track whose blob it was split from, its label
+        if self.appearance_split and smooth is not None and self.retro:
+            for label, k in sorted(matched.items()):
+                if label in self._cut or areas[label] == 0:
+                    continue
+                part = self._two_parts(live[k], labels, label, smooth, t)
+                if part is not None:
+                    count += 1
+                    labels[part] = count
+                    areas = np.bincount(labels.ravel(), minlength=count + 1).astype(np.int64)
+                    born_here[count] = (live[k], label)
+                    present = np.append(present, count)
+                    self._cut.update((label, count))
+        if born_here or any(areas[label] == 0 for label in present):
             stats = self._stats(labels, count, image)
         objects: list[tuple[int, int]] = []  # (id, component label)
         for label in present:
@@ -333,6 +412,10 @@ class Tracker:
                 self._observe(tr, labels, label, stats, t)
             else:
                 tr = self._start(labels, label, stats, t)
+                if label in born_here:  # a colour part of a track's blob: both are objects from now on
+                    self._part_birth(tr, *born_here[label], stats, t)
+                    objects.append((tr.id, label))
+                    continue
                 k = int(np.argmax(overlap[:, label])) if len(live) else -1
                 if self.retro and k in owner_of and overlap[k, label] >= 0.5 * areas[label]:
                     self._births.append((t, tr, live[k]))  # came out of a blob that track k held
@@ -380,6 +463,8 @@ class Tracker:
             if not held or any(i == child.id for i, _ in item.objects):
                 break
             member = item.labels == held[0]
+            if child.id in self._parts and member.sum() < self.merge_ratio * sum(int(m.sum()) for m in masks.values()):
+                return  # a colour part: only where the blob is large enough for both (not one object of two colours)
             depth = []
             for tr in (parent, child):
                 dy, dx = round(tr.vy * (s - born)), round(tr.vx * (s - born))
@@ -574,6 +659,96 @@ class Tracker:
             term = np.exp(-diff2 / (2 * self.appearance**2))
             scores = scores * np.where(np.isnan(term), 1.0, term)
         return scores
+
+    def _two_parts(self, tr: _Track, labels: np.ndarray, label: int, smooth: np.ndarray, t: int) -> np.ndarray | None:
+        """The appearance split: the smaller of the two colour parts of track ``tr``'s blob (bool ``[H, W]``) once
+        they have held ``appearance_split`` frames in a row, moving against each other; else None."""
+        from scipy import ndimage
+
+        crop, top, left = self._crop(labels, label)
+        h, w = crop.shape
+        colours = smooth[top : top + h, left : left + w][crop]
+        if tr.parts and t - tr.parts[-1][0] > _PART_GAP:
+            tr.parts = []
+        found = _two_colours(colours) if len(colours) >= 200 else None
+        if found is None:
+            return None
+        centres, side = found
+        share = float(side.mean())
+        if min(share, 1.0 - share) < _PART_SHARE:
+            return None
+        box = np.ones((3, 3), dtype=bool)
+        for part in (side, ~side):  # each part mostly one piece (a textured object's colours interleave)
+            canvas = np.zeros(crop.shape, dtype=bool)
+            canvas[crop] = part
+            pieces, n = ndimage.label(ndimage.binary_opening(canvas, structure=box), structure=box)
+            if n == 0 or np.bincount(pieces.ravel())[1:].max() < _PART_WHOLE * part.sum():
+                return None
+        if tr.parts:
+            _, last_share, last_centres, _, _ = tr.parts[-1]
+            if ((centres[::-1] - last_centres) ** 2).sum() < ((centres - last_centres) ** 2).sum():
+                centres, side, share = centres[::-1], ~side, 1.0 - share
+            gap = float(((centres[0] - centres[1]) ** 2).sum())
+            moved = ((centres - last_centres) ** 2).sum(1).max()
+            if moved > 0.25 * gap or abs(share - last_share) > 0.15:  # not the same two parts
+                tr.parts = []
+        ys, xs = np.nonzero(crop)
+        steps = np.full((2, 2), np.nan)
+        if self._last_smooth is not None and self._last_smooth.shape == smooth.shape:
+            centre = (round(tr.vy), round(tr.vx))
+            for i, part in enumerate((~side, side)):
+                steps[i] = _step_of(self._last_smooth, smooth, ys[part] + top, xs[part] + left, centre)
+        second = np.zeros(crop.shape, dtype=bool)
+        second[crop] = side
+        tr.parts = [*tr.parts[-self.retro :], (t, share, centres, steps, (second, top, left))]
+        if len(tr.parts) < self.appearance_split:
+            return None
+        known = np.stack([p[3] for p in tr.parts])
+        known = known[np.isfinite(known).all((1, 2))]
+        if len(known) < self.appearance_split - 1:
+            return None
+        motion = np.median(known, axis=0)  # [2 parts, (dy, dx)] (medians: a step may be found wrong)
+        if float(np.sqrt((np.median(known[:, 1] - known[:, 0], axis=0) ** 2).sum())) < _PART_DRIFT:
+            return None  # the parts move as one: one object of two colours (or two that move as one)
+        child = 1 if share <= 0.5 else 0  # the smaller part is the new object
+        tr.part_motion = motion[[1 - child, child]]
+        tr.part_frames = [(p[0], p[4][0] if child == 1 else ~p[4][0], p[4][1], p[4][2]) for p in tr.parts[:-1]]
+        tr.parts = []
+        out = np.zeros(labels.shape, dtype=bool)
+        out[top : top + h, left : left + w][crop] = side if child == 1 else ~side
+        return out
+
+    def _part_birth(
+        self, child: _Track, parent: _Track, parent_label: int, stats: dict[str, np.ndarray], t: int
+    ) -> None:
+        """A blob split by :meth:`_two_parts`: each part gets its motion and colours; the split reaches back."""
+        if parent.part_motion is not None:
+            (parent.vy, parent.vx), (child.vy, child.vx) = parent.part_motion
+            parent.part_motion = None
+        child.hits = 2  # from now on a cut piece: its velocity is held
+        parent.palette = self._palette(parent.crop, parent.top, parent.left)
+        if "colour" in stats:
+            parent.colour = stats["colour"][parent_label].copy()
+        # the frames where the parts held: the new part's pixels of each are its own from there on
+        pending = {p.t: p for p in self._pending}
+        first = t
+        for s, mask, top, left in parent.part_frames:
+            item = pending.get(s)
+            held = [label for i, label in item.objects if i == parent.id] if item is not None else []
+            if not held:
+                continue
+            h, w = mask.shape
+            region = item.labels[top : top + h, left : left + w]
+            piece = mask & (region == held[0])
+            if not piece.any() or piece.sum() == (item.labels == held[0]).sum():
+                continue
+            label = int(item.labels.max()) + 1
+            region[piece] = label
+            item.objects = sorted([*item.objects, (child.id, label)])
+            first = min(first, s)
+        parent.part_frames = []
+        self._parts.add(child.id)
+        self._births.append((first, child, parent))  # before them, by position where the blob holds both
 
     def _palette(self, crop: np.ndarray, top: int, left: int) -> np.ndarray | None:
         """Up to ``_PALETTE`` colours of the object's pixels (the frame's local means), evenly drawn."""
