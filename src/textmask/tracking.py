@@ -30,6 +30,14 @@ Per frame:
    their own ids from it. The split is done once the new object's motion is known (``settle`` frames), and
    reaches back up to ``retro`` frames: :meth:`Tracker.update` gives its frames out ``retro`` frames late, and
    :meth:`Tracker.finish` the rest.
+7. **Appearance split** (``appearance_split``, off by default; with ``images`` and ``retro``): two objects that
+   share one blob in every frame are never seen apart, so steps 3 and 6 cannot act. A matched blob that no
+   other track claims is clustered in two by colour (two-means of the frame's local mean colours); when both
+   parts are large, each mostly one piece after an opening, their colours well apart, the same two parts hold
+   ``appearance_split`` frames (with at most 2 missed between) and the parts move against each other (their
+   median whole-pixel steps, found by matching each part's colours with the frame before, differ by at least
+   0.5 px per frame: one object of two colours moves as one), the smaller part becomes a new object, its pixels
+   its own in the frames where the parts held, and further back by position where the blob holds both.
 
 Everything is sequential in time, so a video tracked chunk by chunk (:class:`Tracker`, then ``finish()``) gives
 exactly what the same video tracked in one piece gives.
