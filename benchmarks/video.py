@@ -25,7 +25,8 @@ Compared in one run:
 * **instances**: :func:`textmask.track` against per-frame :func:`textmask.instances` (ids = each frame's
   order) and against the tracker without its motion prediction and blob splitting (a plain IoU component
   tracker): IDF1, id switches (CLEAR-MOT) per 100 object-frames, on the coarse masks and on perfect masks
-  (the truth's union: objects that touch still merge).
+  (the truth's union: objects that touch still merge); with the frames also with ``appearance_split=5``
+  (off by default).
 * **fast motion**: the masks' table again on more videos whose objects move at 6–14 px per frame
   (``--fast-videos``, ``--fast-speeds``), where the moving average's lag shows.
 * **cost** at 512²: stabilize (optical flow included) and track (with and without the frames) per frame
