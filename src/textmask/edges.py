@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError
 from .images import as_image_batch
 
 __all__ = ["DEFAULT_REFINE", "RefineOptions", "refine", "refine_levels"]
@@ -467,25 +468,28 @@ def refine_levels(
 
 # ---------------------------------------------------------------------------------------- public
 def _as_mask_tensor(masks: Any, name: str = "masks") -> torch.Tensor:
+    """Any mask form → ``[B, H, W]`` float32 in [0, 1] (bool as 0/1, uint8 / 255); :class:`InputError` (a
+    ``ValueError``) naming ``name`` for wrong types, shapes, dtypes and non-finite values. Shared by
+    :func:`refine` and :func:`textmask.matte`."""
     if isinstance(masks, np.ndarray):
         masks = torch.from_numpy(np.ascontiguousarray(masks))
     if not isinstance(masks, torch.Tensor):
-        raise ValueError(f"{name}: expected a tensor or array [B, H, W] or [H, W], got {type(masks).__name__}")
+        raise InputError(f"{name}: expected a tensor or array [B, H, W] or [H, W], got {type(masks).__name__}")
     if masks.dim() == 4 and masks.shape[-1] == 1:  # [B, H, W, 1]
         masks = masks[..., 0]
     if masks.dim() == 2:
         masks = masks[None]
     if masks.dim() != 3:
-        raise ValueError(f"{name}: expected [B, H, W] or [H, W], got shape {list(masks.shape)}")
+        raise InputError(f"{name}: expected [B, H, W] or [H, W], got shape {list(masks.shape)}")
     if masks.dtype == torch.bool:
         return masks.float()
     if masks.dtype == torch.uint8:
         return masks.float() / 255.0
     if not masks.is_floating_point():
-        raise ValueError(f"{name}: expected float in [0, 1], uint8 or bool, got {masks.dtype}")
+        raise InputError(f"{name}: expected float in [0, 1], uint8 or bool, got {masks.dtype}")
     masks = masks.float()
     if masks.numel() and not bool(torch.isfinite(masks).all()):
-        raise ValueError(f"{name}: contains NaN or infinite values")
+        raise InputError(f"{name}: contains NaN or infinite values")
     return masks.clamp(0, 1)
 
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .edges import CLIPSEG_GRID, _box, _guide_stats, _guided_coefficients, refine_levels
+from .edges import CLIPSEG_GRID, _as_mask_tensor, _box, _guide_stats, _guided_coefficients, refine_levels
 from .errors import InputError
 from .images import as_image_batch
 
@@ -255,29 +255,6 @@ def _foreground_chunk(image: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------ inputs
-def _mask_batch(masks: Any, name: str) -> torch.Tensor:
-    if isinstance(masks, np.ndarray):
-        masks = torch.from_numpy(np.ascontiguousarray(masks))
-    if not isinstance(masks, torch.Tensor):
-        raise InputError(f"{name}: expected a tensor or array [B, H, W] or [H, W], got {type(masks).__name__}")
-    if masks.dim() == 4 and masks.shape[-1] == 1:
-        masks = masks[..., 0]
-    if masks.dim() == 2:
-        masks = masks[None]
-    if masks.dim() != 3:
-        raise InputError(f"{name}: expected [B, H, W] or [H, W], got shape {list(masks.shape)}")
-    if masks.dtype == torch.bool:
-        return masks.float()
-    if masks.dtype == torch.uint8:
-        return masks.float() / 255.0
-    if not masks.is_floating_point():
-        raise InputError(f"{name}: expected float in [0, 1], uint8 or bool, got {masks.dtype}")
-    masks = masks.float()
-    if masks.numel() and not bool(torch.isfinite(masks).all()):
-        raise InputError(f"{name}: contains NaN or infinite values")
-    return masks.clamp(0, 1)
-
-
 def _image_levels(images: Any) -> tuple[torch.Tensor, bool]:
     """Any image form → ``[B, 3, H, W]`` uint8 (one size) and whether the input was a batch."""
     batch = as_image_batch(images)
@@ -302,7 +279,7 @@ def _colours(images: Any, levels: torch.Tensor) -> torch.Tensor:
 
 def _pair(images: Any, masks: Any, mask_name: str) -> tuple[torch.Tensor, torch.Tensor, bool]:
     levels, batched = _image_levels(images)
-    mask_batch = _mask_batch(masks, mask_name)
+    mask_batch = _as_mask_tensor(masks, mask_name)
     if mask_batch.shape[0] == 0:
         raise InputError(f"{mask_name}: the batch is empty")
     if tuple(mask_batch.shape[-2:]) != tuple(levels.shape[-2:]):
