@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -161,22 +162,46 @@ def test_touching_objects_that_part_get_two_ids_back_to_the_first_frame() -> Non
     assert all(torch.equal(p.labels, f.labels) for p, f in zip(pieces, found))
 
 
-def _passing_behind(frames: int = 40, height: int = 80, width: int = 200) -> tuple[torch.Tensor, torch.Tensor, list]:
-    """A red disc passing behind a bigger blue one (hidden whole for a few frames): the union masks
-    ``[T, H, W]``, the frames ``[T, H, W, 3]`` and per frame the two objects' visible masks."""
-    generator = torch.Generator().manual_seed(0)
+def _textured(
+    where: torch.Tensor, colour: tuple[float, float, float], generator: torch.Generator, noise: float = 0.12
+) -> torch.Tensor:
+    return torch.tensor(colour) + noise * torch.rand(int(where.sum()), 3, generator=generator)
+
+
+Disc = Callable[[int], tuple[float, float, float]]  # frame → (cy, cx, radius)
+
+
+def _two_discs(
+    frames: int, height: int, width: int, seed: int, behind: Disc, front: Disc, colours: tuple, noise: float
+) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Two textured discs, ``front`` drawn over ``behind``, on a grey frame: the union masks ``[T, H, W]``, the
+    frames ``[T, H, W, 3]`` and per frame the two objects' visible masks."""
+    generator = torch.Generator().manual_seed(seed)
     masks = torch.zeros(frames, height, width)
     images = 0.5 + 0.05 * torch.rand(frames, height, width, 3, generator=generator)
     visible = []
     for t in range(frames):
-        behind = _disc(height, width, 40, 30 + 3.5 * t, 16) > 0
-        front = _disc(height, width, 42, 170 - 3.5 * t, 20) > 0
-        masks[t] = (behind | front).float()
-        for where, colour in ((behind, (0.85, 0.3, 0.2)), (front, (0.15, 0.3, 0.8))):
-            noise = 0.1 * torch.rand(int(where.sum()), 3, generator=generator)
-            images[t][where] = torch.tensor(colour) + noise
-        visible.append((behind & ~front, front))
+        back = _disc(height, width, *behind(t)) > 0
+        fore = _disc(height, width, *front(t)) > 0
+        masks[t] = (back | fore).float()
+        for where, colour in zip((back, fore), colours):
+            images[t][where] = _textured(where, colour, generator, noise)
+        visible.append((back & ~fore, fore))
     return masks, images.clamp(0, 1), visible
+
+
+def _passing_behind(frames: int = 40, height: int = 80, width: int = 200) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """A red disc passing behind a bigger blue one (hidden whole for a few frames)."""
+    return _two_discs(
+        frames,
+        height,
+        width,
+        seed=0,
+        behind=lambda t: (40, 30 + 3.5 * t, 16),
+        front=lambda t: (42, 170 - 3.5 * t, 20),
+        colours=((0.85, 0.3, 0.2), (0.15, 0.3, 0.8)),
+        noise=0.1,
+    )
 
 
 def test_an_object_passing_behind_another_is_told_apart_by_its_colours() -> None:
@@ -377,25 +402,19 @@ def test_flicker_is_zero_for_the_truth_and_positive_for_noise() -> None:
     assert bench.flicker(video.coarse, video) > 0.01
 
 
-def _textured(where: torch.Tensor, colour: tuple[float, float, float], generator: torch.Generator) -> torch.Tensor:
-    return torch.tensor(colour) + 0.12 * torch.rand(int(where.sum()), 3, generator=generator)
-
-
 def _sharing(frames: int = 30, height: int = 80, width: int = 160) -> tuple[torch.Tensor, torch.Tensor, list]:
     """A red disc and a blue one in one blob from the first frame to the last, the blue one in front and
-    slower (they slide against each other but never part): masks, frames and per frame the visible masks."""
-    generator = torch.Generator().manual_seed(1)
-    masks = torch.zeros(frames, height, width)
-    images = 0.5 + 0.05 * torch.rand(frames, height, width, 3, generator=generator)
-    visible = []
-    for t in range(frames):
-        behind = _disc(height, width, 28, 30 + 2 * t, 18) > 0
-        front = _disc(height, width, 50, round(52 + 0.5 * t), 18) > 0
-        masks[t] = (behind | front).float()
-        images[t][behind] = _textured(behind, (0.8, 0.25, 0.2), generator)
-        images[t][front] = _textured(front, (0.15, 0.3, 0.8), generator)
-        visible.append((behind & ~front, front))
-    return masks, images.clamp(0, 1), visible
+    slower (they slide against each other but never part)."""
+    return _two_discs(
+        frames,
+        height,
+        width,
+        seed=1,
+        behind=lambda t: (28, 30 + 2 * t, 18),
+        front=lambda t: (50, round(52 + 0.5 * t), 18),
+        colours=((0.8, 0.25, 0.2), (0.15, 0.3, 0.8)),
+        noise=0.12,
+    )
 
 
 def test_appearance_split_tells_two_objects_that_never_part() -> None:
