@@ -200,6 +200,14 @@ def _shifted(track: _Track, gap: int, height: int, width: int) -> tuple[np.ndarr
     return track.crop, top, left
 
 
+def _signed_distance(mask: np.ndarray) -> np.ndarray:
+    """Each pixel's distance to a bool mask ``[h, w]``, negative inside it (deeper is more negative): a blob's
+    pixel goes to the predicted object it lies deepest in."""
+    from scipy import ndimage
+
+    return ndimage.distance_transform_edt(~mask) - ndimage.distance_transform_edt(mask)
+
+
 def _window(top: int, left: int, h: int, w: int, height: int, width: int) -> tuple[slice, slice, slice, slice]:
     """Slices of the frame and of a crop for the part of an ``h × w`` crop at ``(top, left)`` inside the frame."""
     y0, x0 = max(top, 0), max(left, 0)
@@ -450,7 +458,6 @@ class Tracker:
         self._births = keep
 
     def _split_back(self, born: int, child: _Track, parent: _Track) -> None:
-        from scipy import ndimage
 
         frames = {p.t: p for p in self._pending}
         if born not in frames:
@@ -482,7 +489,7 @@ class Tracker:
                 inside = (moved & member).sum()
                 if inside < self.claim * max(int(moved.sum()), 1):
                     return  # this one does not claim the blob any more: they were apart, or one hid
-                depth.append(ndimage.distance_transform_edt(~moved) - ndimage.distance_transform_edt(moved))
+                depth.append(_signed_distance(moved))
             piece = member & (depth[1] < depth[0])
             if piece.sum() < 1 or (member & ~piece).sum() < 1:
                 return
@@ -560,8 +567,7 @@ class Tracker:
                 if not canvas.any():  # the prediction lies outside this box: far from every pixel
                     depth[i] = np.float32(1e6)
                     continue
-                # signed distance: negative inside the predicted mask (deeper is more negative)
-                depth[i] = ndimage.distance_transform_edt(~canvas) - ndimage.distance_transform_edt(canvas)
+                depth[i] = _signed_distance(canvas)
                 palette = live[k].palette if textured else None
                 if palette is not None:
                     # near its prediction: how far each pixel's colour is from the nearest colour the object had
